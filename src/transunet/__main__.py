@@ -1,0 +1,5 @@
+import sys
+
+from transunet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The ``transunet`` command: subcommands only, each a thin layer over a library function.
+
+Every user-fixable problem surfaces as one ``error: ...`` line and exit code 2; no tracebacks
+(``TRANSUNET_DEBUG=1`` shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transunet import __version__
+from transunet.errors import TransUNetError
+
+
+def _img_size(values: list[int]) -> tuple[int, int]:
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise TransUNetError(f"--img-size takes H or H W, got {values}.")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from transunet.registry import list_models
+
+    for name in list_models(args.pattern):
+        print(name)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from transunet.profile import profile_model
+
+    print(profile_model(args.model, img_size=_img_size(args.img_size), num_classes=args.num_classes,
+                        in_channels=args.in_channels, batch_size=args.batch_size))
+    return 0
+
+
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    from transunet.models.weights import convert_weights
+
+    convert_weights(
+        args.input, args.output, model=args.model, num_classes=args.num_classes,
+        img_size=_img_size(args.img_size), in_channels=args.in_channels, n_skip=args.n_skip,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from transunet.data.phantom import generate_phantom
+
+    out = generate_phantom(args.out, layout=args.layout, cases=args.cases, seed=args.seed,
+                           size=args.size, overwrite=args.overwrite)
+    print(f"phantom written to {out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from transunet.data.prepare import prepare
+
+    out = prepare(args.kind, args.raw, args.out, val_cases=args.val_cases, overwrite=args.overwrite,
+                  normalization=args.normalization, window=tuple(args.window) if args.window else None,
+                  seed=args.seed, num_workers=args.workers)
+    print(f"prepared dataset written to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from transunet.config import load_config
+    from transunet.train import train
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    cfg = load_config(args.config, overrides)
+    run_dir = train(cfg, resume=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from transunet.evaluate import evaluate
+
+    out = evaluate(args.run, data=args.data, split=args.split, protocol=args.protocol,
+                   out_dir=args.out, device=args.device or "auto", save_predictions=args.save_predictions,
+                   tta=args.tta, report=not args.no_report)
+    print(f"evaluation written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from transunet.infer import predict_path
+
+    outs = predict_path(args.checkpoint, args.input, args.output, device=args.device or "auto",
+                        tta=args.tta, save_probabilities=args.probabilities, overwrite=args.overwrite)
+    print(f"wrote {len(outs)} prediction(s) to {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from transunet.report import make_report
+
+    out = make_report(args.run, data=args.data, split=args.split, device=args.device or "auto")
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transunet.demo import run_demo
+
+    out = run_demo(args.out, overwrite=args.overwrite, device=args.device or "auto")
+    print(f"demo report: {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="transunet",
+        description="TransUNet for medical image segmentation: prepare data, train, evaluate, predict, report.",
+    )
+    p.add_argument("--version", action="version", version=f"transunet {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("list-models", help="list registered model names")
+    s.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. '*ViT*'")
+    s.set_defaults(func=cmd_list_models)
+
+    s = sub.add_parser("profile", help="parameters, FLOPs per part and attention memory of a model")
+    s.add_argument("model", help="registered model name, e.g. R50-ViT-B_16")
+    s.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="H [W]")
+    s.add_argument("--num-classes", type=int, default=9)
+    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("convert-weights",
+                       help="official TransUNet .pth or Google ViT .npz -> transunet checkpoint")
+    s.add_argument("input", type=Path)
+    s.add_argument("output", type=Path)
+    s.add_argument("--model", default="R50-ViT-B_16")
+    s.add_argument("--num-classes", type=int, default=9)
+    s.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="H [W]")
+    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--n-skip", type=int, default=3)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_convert_weights)
+
+    s = sub.add_parser("phantom", help="synthetic CT/MRI data in the raw BTCV or ACDC layout")
+    s.add_argument("out", type=Path)
+    s.add_argument("--layout", choices=["btcv", "acdc"], default="btcv")
+    s.add_argument("--cases", type=int, default=30)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", choices=["small", "full"], default="small")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("prepare", help="raw data -> training slices and test volumes")
+    s.add_argument("kind", choices=["synapse", "acdc", "nifti", "nnunet", "msd"])
+    s.add_argument("raw", type=Path, help="raw data folder")
+    s.add_argument("out", type=Path, help="output folder (must not be inside the input)")
+    s.add_argument("--val-cases", type=int, default=None,
+                   help="validation cases carved from the training cases (default depends on kind)")
+    s.add_argument("--normalization", choices=["ct", "zscore"], default=None,
+                   help="nifti/nnunet/msd: CT window or per-volume z-score")
+    s.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="CT window in HU (default -125 275)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split for own data")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train from a YAML config")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=0.005")
+    s.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a run or checkpoint on a split (official/corrected protocol)")
+    s.add_argument("run", type=Path, help="run folder (uses checkpoints/best.pt) or checkpoint file")
+    s.add_argument("--data", type=Path, default=None, help="prepared dataset (default: the run's)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--protocol", choices=["official", "corrected", "both"], default="both")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval/SPLIT)")
+    s.add_argument("--device", default=None)
+    s.add_argument("--save-predictions", action="store_true", help="write predicted NIfTI per case")
+    s.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    s.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="segment NIfTI file(s) with a checkpoint")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("input", type=Path, help="a .nii/.nii.gz file or a folder of them")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
+    s.add_argument("--device", default=None)
+    s.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    s.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="HTML + PNG report of a run (tables, curves, overlays, attention)")
+    s.add_argument("run", type=Path)
+    s.add_argument("--data", type=Path, default=None)
+    s.add_argument("--split", default="test")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> report, on CPU in minutes")
+    s.add_argument("--out", type=Path, default=Path("transunet_demo"))
+    s.add_argument("--device", default=None)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (TransUNetError, ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("TRANSUNET_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""transunet.data."""

@@ -1,0 +1,64 @@
+"""Small shared helpers: atomic file writes, device selection, seeding."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from transunet.errors import ConfigError
+
+log = logging.getLogger("transunet")
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Write a file atomically: ``writer(tmp_path)`` then rename onto ``path``.
+
+    An interruption leaves either the old file or no file, never a half-written one.
+
+    Args:
+        path: Final destination.
+        writer: Function that writes the complete file to the temporary path it is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a ``torch.device``, checking availability.
+
+    Args:
+        device: Requested device; ``auto`` picks CUDA, then MPS, then CPU.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} requested but CUDA is not available; use --device cpu or auto.")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device='mps' requested but MPS is not available; use --device cpu or auto.")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ConfigError(f"device={device!r} is not valid; use auto, cpu, cuda, cuda:N or mps.")
+    return torch.device(device)
