@@ -1,0 +1,598 @@
+"""The training loop: one function serves a CPU smoke test, one GPU and ``torchrun`` DDP.
+
+:func:`train` takes an :class:`~transunet.config.ExperimentConfig` and returns the run folder
+(:func:`transunet.paths.run_paths`). What it does, in order:
+
+1. checks the config, the run folder (it refuses to start over existing checkpoints unless
+   ``resume=True``) and the dataset (class count, splits) before anything is written;
+2. joins the ``torchrun`` process group when launched by it (NCCL on CUDA, gloo on CPU);
+3. builds the model from the registry, loads ``model.pretrained`` on a fresh start, or restores
+   model, optimizer, AMP scaler, epoch, iteration, best score, history and RNG states from
+   ``checkpoints/last.pt`` when resuming;
+4. trains with SGD, the poly schedule per iteration (:mod:`transunet.train.schedule`),
+   ``0.5 * CE + 0.5 * Dice`` (:mod:`transunet.losses`), optional bf16/fp16 autocast, optional
+   two-stage training (transformer frozen for the first epochs), gradient clipping;
+5. after each epoch: validation every ``train.val_every`` epochs and after the last epoch
+   (mean foreground Dice, :mod:`transunet.train.validation`), ``last.pt`` every epoch and
+   ``best.pt`` on improvement, ``metrics.csv``, ``progress.png`` and TensorBoard events; only
+   rank 0 writes files.
+
+Determinism: at the start of every epoch the Python, NumPy and torch generators are reseeded from
+``(train.seed, epoch, rank)``, the sampler shuffles from ``(train.seed, epoch)`` and the dataset
+draws its augmentation from ``(seed, epoch, slice index)``. An interrupted run resumed from
+``last.pt`` therefore ends with bit-identical weights to an uninterrupted one (same device, same
+number of processes), with or without DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes, unwrap_model
+from transunet.config import ExperimentConfig, config_from_dict, save_config, to_dict
+from transunet.errors import ConfigError, DataError, TransUNetError
+from transunet.losses import DiceCELoss
+from transunet.paths import RunPaths, run_paths
+from transunet.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    env_world,
+    init_distributed,
+    state_hash,
+)
+from transunet.train.schedule import PolySchedule
+from transunet.train.state import (
+    configure_determinism,
+    derive_seed,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from transunet.train.tracking import TensorBoardLogger, plot_progress, write_metrics_csv
+from transunet.train.validation import validate
+from transunet.utils import resolve_device
+
+log = logging.getLogger(__name__)
+
+#: Config keys that may differ between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = ("name", "output_dir", "device", "data.root", "data.num_workers", "train.log_every")
+_RESUMABLE_SECTIONS = ("eval",)
+
+
+class TrainingDivergedError(TransUNetError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ between two config dicts, except the resumable ones.
+
+    Args:
+        saved: The run's config (from ``last.pt``).
+        current: The config given now.
+    """
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_CHANGES or key.split(".")[0] in _RESUMABLE_SECTIONS:
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: run has {a.get(key)!r}, given {b.get(key)!r}")
+    return diffs
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (``None`` for fp32).
+
+    Args:
+        amp: ``none``, ``bf16`` or ``fp16``.
+        device: Training device.
+    """
+    if amp == "none":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(
+                f"train.amp='fp16' needs CUDA (it uses a gradient scaler) but the device is "
+                f"{device.type}; use train.amp=bf16 on CPU."
+            )
+        return torch.float16
+    if amp == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.amp='bf16' is not supported by this GPU; use train.amp=fp16.")
+        return torch.bfloat16
+    raise ConfigError(f"train.amp={amp!r} is not valid; choose 'none', 'bf16' or 'fp16'.")
+
+
+def _dataset_facts(cfg: ExperimentConfig) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Dataset info, class names and validation cases; raise a one-line error on mismatches."""
+    from transunet.data.datasets import list_cases, read_dataset_info
+
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"data.root={str(root)!r} does not exist; prepare a dataset with 'transunet prepare' "
+            "and point data.root at its output (e.g. --set data.root=data/Synapse)."
+        )
+    info = dict(read_dataset_info(root))
+    class_names = [str(c) for c in info.get("class_names") or []]
+    if not class_names:
+        class_names = ["background", *(f"class{k}" for k in range(1, cfg.model.num_classes))]
+    if len(class_names) != cfg.model.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but dataset {root} has "
+            f"{len(class_names)} classes ({', '.join(class_names)}); set "
+            f"model.num_classes={len(class_names)}."
+        )
+    val_cases: list[str] = []
+    if cfg.data.val_split is not None and cfg.train.val_every > 0:
+        try:
+            val_cases = list(list_cases(root, cfg.data.val_split))
+        except (KeyError, FileNotFoundError, DataError):
+            val_cases = []
+        if not val_cases:
+            raise ConfigError(
+                f"data.val_split={cfg.data.val_split!r} has no cases in {root}; prepare the data "
+                "with --val-cases N, or set data.val_split=null to train without validation "
+                "(best.pt is then the final model)."
+            )
+    return info, class_names, val_cases
+
+
+def _preflight(cfg: ExperimentConfig, paths: RunPaths, resume: bool, world_size: int) -> None:
+    """Checks that need no process group; every rank runs them and fails the same way."""
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible by "
+            f"the {world_size} processes; use a multiple of {world_size}."
+        )
+    has_ckpt = paths.last.exists() or paths.best.exists()
+    if resume and not paths.last.exists():
+        raise ConfigError(
+            f"--resume was given but {paths.last} does not exist; start the run without --resume."
+        )
+    if not resume and has_ckpt:
+        raise ConfigError(
+            f"run folder {paths.root} already has checkpoints; continue it with --resume, or start "
+            f"a new run with a fresh name (--set name={cfg.name}_2)."
+        )
+    if cfg.model.pretrained and not resume and not Path(cfg.model.pretrained).is_file():
+        raise ConfigError(
+            f"model.pretrained={cfg.model.pretrained!r} does not exist; download the Google ViT "
+            "weights (see the README, 'Pretrained weights') or set model.pretrained=null."
+        )
+
+
+# ----------------------------------------------------------------------------- model helpers
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> int:
+    """Freeze (or unfreeze) the transformer; return the number of affected parameters."""
+    params = list(model.transformer_parameters())  # type: ignore[operator]
+    for p in params:
+        p.requires_grad_(not frozen)
+    return sum(p.numel() for p in params)
+
+
+def _wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+    if not info.distributed:
+        return model
+    if info.device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[info.device.index], output_device=info.device.index)
+    return DistributedDataParallel(model)
+
+
+def _model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    return dict(cfg.model.model_kwargs())
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # completed iterations
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Holds everything one training run needs; :meth:`fit` runs it.
+
+    Args:
+        cfg: Experiment config.
+        info: Process placement (from :func:`init_distributed`).
+        resume: Continue from ``checkpoints/last.pt``.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, info: DistInfo, resume: bool = False) -> None:
+        from transunet.data.datasets import SliceDataset
+        from transunet.registry import create_model
+
+        self.cfg = cfg
+        self.info = info
+        self.device = info.device
+        self.paths = run_paths(cfg)
+        self.resume = resume
+        self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
+        self.dataset_info, self.class_names, self.val_cases = _dataset_facts(cfg)
+        self.preprocessing = {
+            "class_names": self.class_names,
+            "normalization": self.dataset_info.get("normalization"),
+            "modality": self.dataset_info.get("modality"),
+        }
+
+        seed_everything(derive_seed(cfg.train.seed))  # identical initial weights on every rank
+        configure_determinism(cfg.train.deterministic)
+        self.model: nn.Module = create_model(cfg.model.name, **_model_kwargs(cfg))
+        self.model_name = cfg.model.name
+        if cfg.train.freeze_transformer_epochs > 0:
+            if not callable(getattr(self.model, "transformer_parameters", None)):
+                raise ConfigError(
+                    f"train.freeze_transformer_epochs={cfg.train.freeze_transformer_epochs} but model "
+                    f"{cfg.model.name!r} has no transformer to freeze; set it to 0."
+                )
+            if not list(self.model.transformer_parameters()):  # type: ignore[operator]
+                raise ConfigError(f"model {cfg.model.name!r} reports no transformer parameters; "
+                                  "set train.freeze_transformer_epochs=0.")
+        if cfg.model.pretrained and not resume:
+            from transunet.models.weights import load_pretrained
+
+            load_pretrained(self.model, cfg.model.pretrained)
+            log.info("initialised from %s", cfg.model.pretrained)
+        self.model.to(self.device)
+
+        self.dataset = SliceDataset(
+            cfg.data.root, cfg.data.train_split, img_size=tuple(cfg.model.img_size),
+            augment=cfg.data.augment, elastic=cfg.data.elastic, intensity=cfg.data.intensity,
+            gamma=cfg.data.gamma, seed=cfg.train.seed,
+        )
+        if len(self.dataset) == 0:
+            raise DataError(f"split {cfg.data.train_split!r} of {cfg.data.root} has no training slices.")
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+            seed=cfg.train.seed, drop_last=False,
+        )
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.dataset, batch_size=cfg.train.batch_size // info.world_size, sampler=self.sampler,
+            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            drop_last=False, generator=self.loader_generator, persistent_workers=False,
+        )
+        per_epoch = len(self.loader)
+        cap = cfg.train.iterations_per_epoch
+        if cap is not None and cap > per_epoch:
+            log.warning("train.iterations_per_epoch=%d exceeds one pass over the data (%d "
+                        "iterations); using %d", cap, per_epoch, per_epoch)
+        self.iters_per_epoch = min(per_epoch, cap) if cap is not None else per_epoch
+        if cfg.train.max_iterations is not None:
+            self.total_iterations = int(cfg.train.max_iterations)
+            self.epochs = math.ceil(self.total_iterations / self.iters_per_epoch)
+        else:
+            self.epochs = int(cfg.train.epochs)
+            self.total_iterations = self.epochs * self.iters_per_epoch
+        self.schedule = PolySchedule(
+            base_lr=cfg.train.lr, total_iterations=self.total_iterations, power=cfg.train.poly_power,
+            freeze_epochs=cfg.train.freeze_transformer_epochs,
+            stage2_lr_scale=cfg.train.stage2_lr_scale if cfg.train.freeze_transformer_epochs else 1.0,
+            iterations_per_epoch=self.iters_per_epoch,
+        )
+        if 0 < cfg.train.freeze_transformer_epochs >= self.epochs:
+            log.warning("train.freeze_transformer_epochs=%d covers the whole run (%d epochs): the "
+                        "transformer is never trained", cfg.train.freeze_transformer_epochs, self.epochs)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        self.loss_fn = DiceCELoss(cfg.model.num_classes, cfg.train.ce_weight, cfg.train.dice_weight)
+        self.state = _State()
+        if resume:
+            self._load_last()
+        self.tb = TensorBoardLogger(self.paths.tensorboard, enabled=info.is_main)
+        self.ddp_model: nn.Module = self.model
+        self._stage: int | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _load_last(self) -> None:
+        ckpt = load_checkpoint(self.paths.last, map_location="cpu")
+        saved_cfg = ckpt.get("config") or {}
+        diffs = config_differences(saved_cfg, to_dict(self.cfg))
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {self.paths.root}: the config differs from the run's in "
+                + "; ".join(diffs) + ". Resume with the run's own config "
+                f"({self.paths.config}) or start a new run with a fresh name."
+            )
+        ts = ckpt.get("train_state")
+        if not ts or "optimizer" not in ts:
+            raise ConfigError(f"{self.paths.last} has no training state to resume from; start a new run.")
+        self.model.load_state_dict(strip_prefixes(ckpt["state_dict"]))
+        self.optimizer.load_state_dict(ts["optimizer"])
+        if ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        self.state = _State(
+            epoch=int(ts["epoch"]), iteration=int(ts["iteration"]),
+            best_score=float(ts["best_score"]), best_epoch=int(ts["best_epoch"]),
+            history=[dict(r) for r in ts.get("history", [])],
+        )
+        if ts.get("world_size", 1) != self.info.world_size:
+            log.warning("resuming a run trained with %s process(es) on %d: the data order changes, "
+                        "so the result will not be bit-identical to an uninterrupted run",
+                        ts.get("world_size"), self.info.world_size)
+        if ts.get("rng"):
+            set_rng_state(ts["rng"])
+        log.info("resumed %s at epoch %d (iteration %d)", self.paths.last, self.state.epoch,
+                 self.state.iteration)
+
+    def _train_state(self, full: bool, hashes: list[str] | None = None) -> dict[str, Any]:
+        ts: dict[str, Any] = {
+            "epoch": self.state.epoch,
+            "iteration": self.state.iteration,
+            "epochs": self.epochs,
+            "total_iterations": self.total_iterations,
+            "best_score": self.state.best_score,
+            "best_epoch": self.state.best_epoch,
+            "world_size": self.info.world_size,
+            "schedule": self.schedule.state_dict(),
+        }
+        if hashes is not None:
+            ts["rank_state_hashes"] = hashes
+        if full:
+            ts.update(
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                rng=get_rng_state(),
+                history=self.state.history,
+            )
+        return ts
+
+    def _save(self, path: Path, full: bool, hashes: list[str] | None = None, **meta: Any) -> None:
+        save_checkpoint(
+            path, self.model, self.model_name, _model_kwargs(self.cfg), config=to_dict(self.cfg),
+            preprocessing=self.preprocessing, train_state=self._train_state(full, hashes), meta=meta,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def _enter_stage(self, stage: int) -> None:
+        if stage == self._stage:
+            return
+        if self.cfg.train.freeze_transformer_epochs > 0:
+            n = _set_frozen(self.model, frozen=stage == 1)
+            log.info("stage %d: transformer %s (%d parameters), lr scale %s", stage,
+                     "frozen" if stage == 1 else "trainable", n,
+                     1.0 if stage == 1 else self.schedule.stage2_lr_scale)
+        self.ddp_model = _wrap(self.model, self.info)  # DDP must see the current requires_grad
+        self._stage = stage
+
+    def _prepare_epoch(self, epoch: int) -> None:
+        seed_everything(derive_seed(self.cfg.train.seed, epoch, self.info.rank))
+        self.loader_generator.manual_seed(derive_seed(self.cfg.train.seed, epoch, self.info.rank, 1))
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def _batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["image"].to(self.device, non_blocking=True).float()
+        y = batch["label"].to(self.device, non_blocking=True).long()
+        if x.ndim == 3:
+            x = x.unsqueeze(1)  # (B, 1, H, W)
+        if x.shape[1] == 1 and self.cfg.model.in_channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        return x, y
+
+    def _train_epoch(self, epoch: int, pbar: Any) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        sums = torch.zeros(3, dtype=torch.float64)
+        n = 0
+        it_end = min(self.total_iterations, self.state.iteration + self.iters_per_epoch)
+        for batch in self.loader:
+            if self.state.iteration >= it_end:
+                break
+            lr = self.schedule.apply(self.optimizer, self.state.iteration)
+            x, y = self._batch(batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.ddp_model(x)  # (B, K, H, W)
+            total, ce, dice = self.loss_fn.components(logits, y)
+            terms = all_reduce_mean(torch.stack([total, ce, dice]).detach().float(), self.info).cpu()
+            if not torch.isfinite(terms).all():
+                raise TrainingDivergedError(
+                    f"loss became {terms[0].item()} at epoch {epoch + 1}, iteration "
+                    f"{self.state.iteration + 1} (lr {lr:.3g}); stopped without updating the "
+                    f"weights. The last good checkpoint is {self.paths.last if self.paths.last.exists() else 'none (first epoch)'}"
+                    "; lower train.lr, set train.grad_clip, or use train.amp=bf16/none instead of fp16."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if cfg.train.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.state.iteration += 1
+            sums += terms.double()
+            n += 1
+            if self.info.is_main:
+                pbar.update(1)
+                if n % max(1, cfg.train.log_every) == 0 or self.state.iteration == it_end:
+                    pbar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{sums[0].item() / n:.4f}",
+                                     lr=f"{lr:.2e}", refresh=False)
+                    self.tb.scalar("train/loss_iter", terms[0].item(), self.state.iteration)
+                    self.tb.scalar("train/lr_iter", lr, self.state.iteration)
+        if n == 0:
+            raise DataError(f"the training loader of {cfg.data.root} produced no batch in epoch {epoch + 1}.")
+        means = (sums / n).tolist()
+        return {"train_loss": means[0], "train_ce": means[1], "train_dice": means[2],
+                "lr": self.schedule.lr(self.state.iteration - 1)}
+
+    def fit(self, stop_after_epochs: int | None = None) -> Path:
+        """Run the remaining epochs; return the run folder.
+
+        Args:
+            stop_after_epochs: Stop (resumably, like an interruption at an epoch boundary) after
+                this many epochs of this call; ``None`` runs to the end.
+        """
+        cfg, info, st = self.cfg, self.info, self.state
+        if info.is_main:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.paths.config)
+        if st.epoch >= self.epochs:
+            log.info("run %s is already complete (%d epochs)", self.paths.root, st.epoch)
+        log.info("training %s: %d epochs x %d iterations (global batch %d, %d per process), "
+                 "%d training slices, %d validation cases, amp=%s, device=%s, %d process(es)",
+                 self.model_name, self.epochs, self.iters_per_epoch, cfg.train.batch_size,
+                 cfg.train.batch_size // info.world_size, len(self.dataset), len(self.val_cases),
+                 cfg.train.amp, self.device, info.world_size)
+        pbar = tqdm(total=self.total_iterations, initial=st.iteration, disable=not info.is_main,
+                    desc=cfg.name, unit="it", dynamic_ncols=True, leave=True)
+        done_here = 0
+        try:
+            while st.epoch < self.epochs:
+                epoch = st.epoch
+                t0 = time.perf_counter()
+                self._enter_stage(self.schedule.stage(st.iteration))
+                self._prepare_epoch(epoch)
+                record: dict[str, Any] = {"epoch": epoch + 1}
+                record.update(self._train_epoch(epoch, pbar))
+                broadcast_buffers(self.model, info)
+                st.epoch += 1
+                record["iteration"] = st.iteration
+                last_epoch = st.epoch >= self.epochs
+                if self.val_cases and (st.epoch % cfg.train.val_every == 0 or last_epoch):
+                    res = validate(
+                        self.model, cfg.data.root, cfg.data.val_split or "", self.val_cases,
+                        img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
+                        class_names=self.class_names, batch_size=cfg.eval.batch_size,
+                        device=self.device, amp_dtype=self.amp_dtype, info=info,
+                    )
+                    record["val_mean_dice"] = res["mean_dice"]
+                    for name, v in res["per_class"].items():
+                        record[f"val_dice_{name}"] = v
+                improved = math.isfinite(record.get("val_mean_dice", math.nan)) and \
+                    record["val_mean_dice"] > st.best_score
+                if improved:
+                    st.best_score, st.best_epoch = float(record["val_mean_dice"]), st.epoch
+                record["best"] = int(improved)
+                record["epoch_time_s"] = time.perf_counter() - t0
+                st.history.append(record)
+                hashes = None
+                if info.distributed:
+                    hashes = all_gather_objects(state_hash(self.model), info)
+                    if len(set(hashes)) != 1:
+                        raise TransUNetError(f"the {info.world_size} processes hold different weights "
+                                             f"after epoch {st.epoch} ({hashes}); report this as a bug.")
+                if info.is_main:
+                    self._save(self.paths.last, full=True, hashes=hashes)
+                    if improved:
+                        self._save(self.paths.best, full=False, selected_by="val_mean_dice",
+                                   val_mean_dice=st.best_score, epoch=st.epoch)
+                    write_metrics_csv(self.paths.metrics, st.history, self.class_names)
+                    plot_progress(self.paths.progress_png, st.history, self.class_names)
+                    self.tb.epoch(record)
+                    self._log_epoch(record)
+                barrier(info)
+                done_here += 1
+                if stop_after_epochs is not None and done_here >= stop_after_epochs and st.epoch < self.epochs:
+                    log.info("stopped after %d epoch(s) as requested; continue with --resume", done_here)
+                    break
+            if st.epoch >= self.epochs and info.is_main and (not self.val_cases or not self.paths.best.exists()):
+                # No validation: best.pt is the final model, labelled as such.
+                self._save(self.paths.best, full=False, selected_by="final_epoch", epoch=st.epoch)
+            barrier(info)
+        finally:
+            pbar.close()
+            self.tb.close()
+        if info.is_main and st.epoch >= self.epochs:
+            best = f"best val mean Dice {st.best_score:.4f} at epoch {st.best_epoch}" \
+                if math.isfinite(st.best_score) else "no validation"
+            log.info("finished %d epochs (%d iterations); %s; run folder %s", st.epoch,
+                     st.iteration, best, self.paths.root)
+        return self.paths.root
+
+    def _log_epoch(self, r: dict[str, Any]) -> None:
+        val = ""
+        if math.isfinite(r.get("val_mean_dice", math.nan)):
+            val = (f" | val Dice {r['val_mean_dice']:.4f} (best {self.state.best_score:.4f} "
+                   f"@ epoch {self.state.best_epoch})")
+        log.info("epoch %d/%d | loss %.4f (ce %.4f, dice %.4f) | lr %.3g%s | %.1f s", r["epoch"],
+                 self.epochs, r["train_loss"], r["train_ce"], r["train_dice"], r["lr"], val,
+                 r["epoch_time_s"])
+
+
+def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
+          stop_after_epochs: int | None = None) -> Path:
+    """Train a model as ``cfg`` describes; return the run folder.
+
+    Works in a plain process (CPU, one GPU or MPS) and under ``torchrun`` (DDP; only rank 0
+    writes files). Raises a one-line :class:`~transunet.errors.TransUNetError` subclass for every
+    user-fixable problem.
+
+    Args:
+        cfg: Experiment config (or its :func:`~transunet.config.to_dict` form).
+        resume: Continue from ``checkpoints/last.pt`` of the run folder (model, optimizer,
+            scaler, epoch, iteration, best score and RNG states).
+        stop_after_epochs: Stop after this many epochs of this call, as an interruption at an
+            epoch boundary would (useful on clusters with time limits); continue later with
+            ``resume=True``.
+
+    Returns:
+        The run folder (``cfg.output_dir / cfg.name``).
+
+    Example::
+
+        from transunet.config import load_config
+        from transunet.train import train
+        run = train(load_config("configs/demo_cpu.yaml", ["train.epochs=2"]))
+    """
+    if isinstance(cfg, dict):
+        cfg = config_from_dict(cfg)
+    if stop_after_epochs is not None and stop_after_epochs < 1:
+        raise ConfigError(f"stop_after_epochs={stop_after_epochs} must be >= 1 or None.")
+    device = resolve_device(cfg.device)
+    amp_dtype_for(cfg.train.amp, device)
+    _, world, _ = env_world()
+    _preflight(cfg, run_paths(cfg), resume, world)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(device)
+    try:
+        return Trainer(cfg, info, resume=resume).fit(stop_after_epochs)
+    finally:
+        if owns_group:
+            cleanup_distributed()
+
+
+__all__ = ["train", "Trainer", "TrainingDivergedError", "amp_dtype_for", "config_differences",
+           "RESUMABLE_CHANGES"]

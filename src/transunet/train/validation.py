@@ -1,0 +1,139 @@
+"""Validation during training: whole-volume slice-wise inference and mean foreground Dice.
+
+Each validation volume is predicted with :func:`transunet.infer.predict_volume` (the same
+computation as ``transunet evaluate``). The score of a case is the Dice of every foreground class
+``1..K-1`` on the whole 3D volume, with one explicit rule for empty masks:
+
+- class present in the ground truth: ``2|P∩G| / (|P| + |G|)`` (0 when the prediction misses it);
+- class absent from the ground truth but predicted: 0 (a false positive is penalised);
+- class absent from both: excluded (NaN) from that case's means.
+
+Per class, the validation Dice is the mean over the cases where it is defined; the validation
+score that selects ``best.pt`` is the mean of these per-class values (classes never defined are
+skipped). Under ``torchrun`` the cases are shared round-robin between the processes and the
+per-case results gathered, so every process computes the same score.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transunet.infer import predict_volume
+from transunet.train.distributed import DistInfo, all_gather_objects
+
+log = logging.getLogger(__name__)
+
+
+def foreground_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of classes ``1..K-1`` on whole volumes (NaN where a class is absent from both).
+
+    Args:
+        pred: Predicted labels, any shape.
+        gt: Ground-truth labels, same shape.
+        num_classes: ``K``, classes including background.
+
+    Returns:
+        ``(K-1,)`` float64 array.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}.")
+    p = np.clip(pred.astype(np.int64).ravel(), 0, num_classes)  # values >= K land in an extra bin
+    g = np.clip(gt.astype(np.int64).ravel(), 0, num_classes)
+    n = num_classes + 1
+    conf = np.bincount(g * n + p, minlength=n * n).reshape(n, n)  # conf[gt, pred]
+    inter = np.diag(conf)[1:num_classes].astype(np.float64)
+    size_p = conf.sum(axis=0)[1:num_classes].astype(np.float64)
+    size_g = conf.sum(axis=1)[1:num_classes].astype(np.float64)
+    denom = size_p + size_g
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(denom > 0, 2.0 * inter / denom, np.nan)
+    return out
+
+
+def summarize(per_case: dict[str, Sequence[float]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class means over cases (NaN-aware) and their mean.
+
+    Args:
+        per_case: Case id -> ``(K-1,)`` Dice values.
+        class_names: Names of classes ``0..K-1``.
+
+    Returns:
+        ``{"mean_dice": float, "per_class": {name: float}, "per_case": {...}}`` (NaN when undefined).
+    """
+    names = list(class_names[1:])
+    if not per_case:
+        return {"mean_dice": math.nan, "per_class": {n: math.nan for n in names}, "per_case": {}}
+    arr = np.asarray([per_case[c] for c in sorted(per_case)], dtype=np.float64)  # (cases, K-1)
+    per_class = []
+    for k in range(arr.shape[1]):
+        col = arr[:, k][~np.isnan(arr[:, k])]
+        per_class.append(float(col.mean()) if col.size else math.nan)
+    defined = [v for v in per_class if not math.isnan(v)]
+    return {
+        "mean_dice": float(np.mean(defined)) if defined else math.nan,
+        "per_class": dict(zip(names, per_class)),
+        "per_case": {c: [float(x) for x in per_case[c]] for c in sorted(per_case)},
+    }
+
+
+def validate(
+    model: nn.Module,
+    root: str | Path,
+    split: str,
+    case_ids: Sequence[str],
+    *,
+    img_size: Sequence[int],
+    num_classes: int,
+    class_names: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    info: DistInfo,
+) -> dict[str, Any]:
+    """Predict every validation volume and score it (see the module docstring for the rules).
+
+    Args:
+        model: The plain (unwrapped) model; it is put in eval mode and restored afterwards.
+        root: Prepared dataset folder.
+        split: Validation split name.
+        case_ids: Cases of the split.
+        img_size: Network input ``(h, w)``.
+        num_classes: Classes including background.
+        class_names: Names of classes ``0..K-1``.
+        batch_size: Slices per forward pass.
+        device: Model device.
+        amp_dtype: Autocast dtype or ``None``.
+        info: Process placement; cases are shared between processes.
+
+    Returns:
+        :func:`summarize` output.
+    """
+    from transunet.data.datasets import load_volume
+
+    mine = list(case_ids)[info.rank :: info.world_size]
+    local: dict[str, list[float]] = {}
+    for case_id in mine:
+        vol = load_volume(root, split, case_id)
+        if vol.label is None:
+            raise ValueError(
+                f"validation case {case_id!r} of split {split!r} in {root} has no label; "
+                "validation needs labelled cases (or set data.val_split=null)."
+            )
+        pred = predict_volume(model, vol.image, img_size, batch_size=batch_size, device=device,
+                              amp_dtype=amp_dtype)
+        local[case_id] = foreground_dice(pred, vol.label, num_classes).tolist()
+    merged: dict[str, list[float]] = {}
+    for part in all_gather_objects(local, info):
+        merged.update(part)
+    return summarize(merged, class_names)
+
+
+__all__ = ["foreground_dice", "summarize", "validate"]
