@@ -1,0 +1,424 @@
+"""Readers of prepared datasets (``transunet prepare`` output or the official Synapse files).
+
+A prepared dataset folder is a superset of the official preprocessed Synapse layout::
+
+    ROOT/dataset.json                   format, class names, normalisation, splits, spacing
+    ROOT/train_npz/<case>_slice000.npz  arrays image (H, W) float32 and label (H, W) uint8
+    ROOT/test_vol_h5/<case>.npy.h5      datasets image (S, H, W) float32 and label (S, H, W) uint8
+    ROOT/lists/train.txt                slice names, no extension
+    ROOT/lists/val.txt                  case ids (volumes in test_vol_h5/)
+    ROOT/lists/test_vol.txt             case ids
+
+The official distribution (``train_npz/``, ``test_vol_h5/`` and the ``lists_Synapse`` files) is
+read as is: without ``dataset.json`` the 9 Synapse classes, the CT window and unknown spacing are
+assumed, and the list files are looked up in ``ROOT/lists``, ``ROOT/lists/lists_Synapse`` or an
+explicit ``list_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from transunet.data.synapse import CT_WINDOW, SYNAPSE_CLASS_NAMES
+from transunet.data.volume import Volume
+from transunet.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "transunet-prepared"
+VERSION = 1
+SPLITS = ("train", "val", "test")
+#: List file of each split: train lists slice names, the others case ids.
+LIST_FILES = {"train": "train.txt", "val": "val.txt", "test": "test_vol.txt"}
+_SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<idx>\d+)$")
+
+
+# --------------------------------------------------------------------------- file readers
+
+
+def slice_name(case_id: str, index: int) -> str:
+    """``("case0005", 3)`` -> ``"case0005_slice003"`` (the official naming)."""
+    return f"{case_id}_slice{index:03d}"
+
+
+def parse_slice_name(name: str) -> tuple[str, int]:
+    """``"case0005_slice003"`` -> ``("case0005", 3)``; raises DataError for other names."""
+    m = _SLICE_RE.match(name)
+    if not m:
+        raise DataError(f"slice name {name!r} does not look like '<case>_slice<NNN>'; fix the train list file.")
+    return m.group("case"), int(m.group("idx"))
+
+
+def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one training slice ``(image (H, W) float32, label (H, W) uint8)`` from an ``.npz``.
+
+    Args:
+        path: ``train_npz/<case>_sliceNNN.npz``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: slice file not found; prepare the dataset again or fix the list file.")
+    try:
+        with np.load(path) as data:
+            if "image" not in data or "label" not in data:
+                raise DataError(f"{path}: needs arrays 'image' and 'label', found {sorted(data.files)}; "
+                                "prepare the dataset again.")
+            image = np.asarray(data["image"], dtype=np.float32)
+            label = data["label"]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DataError(f"{path}: cannot read npz ({type(e).__name__}); the file is truncated or corrupt, "
+                        "prepare or copy it again.") from None
+    if image.ndim != 2 or label.shape != image.shape:
+        raise DataError(f"{path}: expected 2D image and label of equal shape, got {image.shape} and "
+                        f"{label.shape}; prepare the dataset again.")
+    return image, _as_label(label, path)
+
+
+def _as_label(label: np.ndarray, where: Any) -> np.ndarray:
+    if label.dtype == np.uint8:
+        return label
+    lab = np.asarray(label)
+    if lab.size and (not np.all(np.isfinite(lab)) or lab.min() < 0 or lab.max() > 255):
+        raise DataError(f"{where}: label values must be integers in 0..255; prepare the dataset again.")
+    return np.rint(lab).astype(np.uint8)
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise DataError(f"{path}: volume file not found; prepare the dataset again or fix the list file.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read HDF5 ({str(e).splitlines()[0] if str(e) else 'OSError'}); "
+                        "the file is truncated or corrupt, prepare or copy it again.") from None
+    if "image" not in f:
+        keys = sorted(f.keys())
+        f.close()
+        raise DataError(f"{path}: needs dataset 'image' (and 'label'), found {keys}; prepare the dataset again.")
+    if f["image"].ndim != 3 or ("label" in f and f["label"].shape != f["image"].shape):
+        shapes = (f["image"].shape, f["label"].shape if "label" in f else None)
+        f.close()
+        raise DataError(f"{path}: expected image (S, H, W) and label of the same shape, got {shapes}; "
+                        "prepare the dataset again.")
+    return f
+
+
+def read_h5_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``(image (S, H, W) float32, label (S, H, W) uint8 or None)`` from a ``.npy.h5`` file.
+
+    Args:
+        path: ``test_vol_h5/<case>.npy.h5``.
+    """
+    path = Path(path)
+    f = _open_h5(path)
+    try:
+        image = np.asarray(f["image"][:], dtype=np.float32)
+        label = _as_label(f["label"][:], path) if "label" in f else None
+    except OSError:
+        raise DataError(f"{path}: cannot read HDF5 data; the file is truncated or corrupt, "
+                        "prepare or copy it again.") from None
+    finally:
+        f.close()
+    return image, label
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- dataset info
+
+
+def _list_dir(root: Path, list_dir: str | Path | None) -> Path | None:
+    if list_dir is not None:
+        d = Path(list_dir)
+        if not d.is_dir():
+            raise DataError(f"list folder {d} does not exist; pass the folder holding train.txt and test_vol.txt.")
+        return d
+    for d in (root / "lists", root / "lists" / "lists_Synapse", root):
+        if any((d / name).is_file() for name in LIST_FILES.values()):
+            return d
+    return None
+
+
+def read_dataset_info(root: str | Path, list_dir: str | Path | None = None) -> dict[str, Any]:
+    """Describe a prepared (or official Synapse) dataset folder.
+
+    Args:
+        root: Dataset folder.
+        list_dir: Folder of the list files when they are not in ``ROOT/lists`` or
+            ``ROOT/lists/lists_Synapse`` (the official ``lists/lists_Synapse`` of the TransUNet code).
+
+    Returns:
+        The ``dataset.json`` content (or the official defaults) with the extra keys ``root`` and
+        ``list_dir`` (paths as strings). ``splits`` holds case ids; ``spacing`` maps case ids to
+        ``[s, h, w]`` in mm (empty when unknown).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist; create it with 'transunet prepare' "
+                        "or point to the official Synapse folder (train_npz/, test_vol_h5/).")
+    meta_path = root / "dataset.json"
+    ldir = _list_dir(root, list_dir)
+    if meta_path.is_file():
+        try:
+            info = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the dataset again.") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise DataError(f"{meta_path}: not a transunet dataset (format must be {FORMAT!r}); "
+                            "prepare it with 'transunet prepare'.")
+        if int(info.get("version", 0)) > VERSION:
+            raise DataError(f"{meta_path}: dataset format version {info.get('version')} is newer than "
+                            f"this transunet supports ({VERSION}); upgrade transunet.")
+        for key in ("class_names", "normalization", "splits"):
+            if key not in info:
+                raise DataError(f"{meta_path}: missing key {key!r}; prepare the dataset again.")
+        info.setdefault("spacing", {})
+        info.setdefault("modality", "CT")
+        info.setdefault("name", root.name)
+    else:
+        if not (root / "train_npz").is_dir() and not (root / "test_vol_h5").is_dir():
+            content = sorted(p.name for p in root.iterdir())[:5]
+            raise DataError(
+                f"{root} is not a dataset: no dataset.json, train_npz/ or test_vol_h5/ "
+                f"(found {content or 'an empty folder'}); create one with 'transunet prepare'."
+            )
+        splits: dict[str, list[str]] = {}
+        if ldir is not None:
+            for split, name in LIST_FILES.items():
+                if (ldir / name).is_file():
+                    names = _read_list(ldir / name)
+                    if split == "train":
+                        names = list(dict.fromkeys(parse_slice_name(n)[0] for n in names))
+                    splits[split] = names
+        info = {
+            "format": FORMAT, "version": VERSION, "name": root.name, "modality": "CT",
+            "class_names": list(SYNAPSE_CLASS_NAMES),
+            "normalization": {"kind": "ct_window", "low": CT_WINDOW[0], "high": CT_WINDOW[1]},
+            "splits": splits, "spacing": {}, "source": "official Synapse preprocessed files",
+        }
+    info["root"] = str(root)
+    info["list_dir"] = str(ldir) if ldir is not None else None
+    return info
+
+
+def _split_list_path(info: dict[str, Any], split: str) -> Path | None:
+    ldir = info.get("list_dir")
+    if ldir is None:
+        return None
+    p = Path(ldir) / LIST_FILES.get(split, f"{split}.txt")
+    return p if p.is_file() else None
+
+
+def _missing_split(root: Any, split: str, info: dict[str, Any]) -> DataError:
+    avail = [s for s in info.get("splits", {}) if info["splits"][s]]
+    if split == "val":
+        fix = ("create a validation split with 'transunet prepare KIND RAW OUT --val-cases N', "
+               "or set data.val_split to null")
+    else:
+        fix = f"use one of {avail}" if avail else "prepare the dataset again"
+    return DataError(f"split {split!r} not found in dataset {root} (available: {avail}); {fix}.")
+
+
+def list_cases(root: str | Path, split: str, list_dir: str | Path | None = None) -> list[str]:
+    """Case ids of a split.
+
+    Args:
+        root: Dataset folder.
+        split: ``train``, ``val`` or ``test`` (or any split named in ``dataset.json``).
+        list_dir: Explicit list-file folder for the official layout.
+    """
+    info = read_dataset_info(root, list_dir)
+    cases = info["splits"].get(split)
+    if not cases:
+        lp = _split_list_path(info, split)
+        if lp is not None:
+            names = _read_list(lp)
+            cases = list(dict.fromkeys(parse_slice_name(n)[0] for n in names)) if split == "train" else names
+    if not cases:
+        raise _missing_split(root, split, info)
+    return list(cases)
+
+
+def _train_slice_names(info: dict[str, Any]) -> list[str]:
+    lp = _split_list_path(info, "train")
+    if lp is None:
+        raise DataError(f"no train.txt list in dataset {info['root']} (looked in {info.get('list_dir')}); "
+                        "prepare the dataset again or pass list_dir.")
+    return _read_list(lp)
+
+
+def _case_spacing(info: dict[str, Any], case_id: str) -> tuple[float, float, float] | None:
+    sp = (info.get("spacing") or {}).get(case_id)
+    return tuple(float(s) for s in sp) if sp else None  # type: ignore[return-value]
+
+
+def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path | None = None) -> Volume:
+    """Load one case as a :class:`~transunet.data.volume.Volume`.
+
+    Val and test cases are read from ``test_vol_h5/``; training cases are assembled from their
+    slices in ``train_npz/`` (or read from ``test_vol_h5/`` when a volume file exists there).
+
+    Args:
+        root: Dataset folder.
+        split: Split the case belongs to.
+        case_id: Case id as listed in the split.
+        list_dir: Explicit list-file folder for the official layout.
+    """
+    root = Path(root)
+    info = read_dataset_info(root, list_dir)
+    cases = list_cases(root, split, list_dir)
+    if case_id not in cases:
+        raise DataError(f"case {case_id!r} is not in split {split!r} of {root} "
+                        f"({len(cases)} cases, e.g. {cases[:3]}); check the case id.")
+    h5 = root / "test_vol_h5" / f"{case_id}.npy.h5"
+    if h5.is_file() or split != "train":
+        image, label = read_h5_volume(h5)
+    else:
+        idx = sorted(parse_slice_name(n)[1] for n in _train_slice_names(info) if parse_slice_name(n)[0] == case_id)
+        pairs = [read_npz_slice(root / "train_npz" / f"{slice_name(case_id, i)}.npz") for i in idx]
+        if len({p[0].shape for p in pairs}) != 1:
+            raise DataError(f"slices of {case_id} in {root / 'train_npz'} have different shapes; prepare again.")
+        image = np.stack([p[0] for p in pairs])
+        label = np.stack([p[1] for p in pairs])
+    return Volume(case_id=case_id, image=image, label=label, spacing=_case_spacing(info, case_id),
+                  affine=None, class_names=list(info["class_names"]))
+
+
+# --------------------------------------------------------------------------- training slices
+
+
+class SliceDataset(Dataset):
+    """2D slices of a split, augmented and resized, for training.
+
+    The training split reads one ``.npz`` per slice (as the official loader); other splits read
+    single slices of the ``test_vol_h5`` volumes (one HDF5 hyperslab per item, never the whole
+    volume). The random augmentation of item ``index`` depends only on ``(seed, epoch, index)``,
+    so results do not depend on ``num_workers`` and a resumed run sees exactly the augmentations
+    of an uninterrupted one. Call :meth:`set_epoch` before each epoch (with
+    ``persistent_workers=False``, the DataLoader default, workers pick up the new epoch).
+
+    Args:
+        root: Dataset folder.
+        split: Split to read (``train``, ``val``, ``test``).
+        img_size: Output ``(h, w)``: images resized with a cubic spline, labels with nearest.
+        augment: ``official`` (the paper's rot90/flip or rotation) or ``none``.
+        elastic: Add elastic deformation.
+        intensity: Add random intensity scale and shift.
+        gamma: Add random gamma.
+        seed: Base seed of the augmentation.
+        list_dir: Explicit list-file folder for the official layout.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", img_size: Sequence[int] = (224, 224),
+                 augment: str = "official", elastic: bool = False, intensity: bool = False,
+                 gamma: bool = False, seed: int = 0, list_dir: str | Path | None = None) -> None:
+        from transunet.data.transforms import SliceAugmenter
+
+        if augment not in ("official", "none"):
+            raise ValueError(f"augment={augment!r} is not valid; choose 'official' or 'none'.")
+        self.root = Path(root)
+        self.split = split
+        self.img_size = (int(img_size[0]), int(img_size[1]))
+        self.seed = int(seed)
+        self.epoch = 0
+        self.info = read_dataset_info(self.root, list_dir)
+        self.class_names = list(self.info["class_names"])
+        self.augmenter = SliceAugmenter(self.img_size, official=augment == "official", elastic=elastic,
+                                        intensity=intensity, gamma=gamma)
+        self._items: list[tuple[str, int]] = []
+        self._from_npz = split == "train" and _split_list_path(self.info, "train") is not None
+        if self._from_npz:
+            for name in _train_slice_names(self.info):
+                self._items.append(parse_slice_name(name))
+        else:
+            for case in list_cases(self.root, split, list_dir):
+                f = _open_h5(self.root / "test_vol_h5" / f"{case}.npy.h5")
+                try:
+                    n = f["image"].shape[0]
+                finally:
+                    f.close()
+                self._items.extend((case, i) for i in range(n))
+        if not self._items:
+            raise DataError(f"split {split!r} of {self.root} has no slices; prepare the dataset again.")
+        self._h5: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case id of every item (same order as the indices)."""
+        return [c for c, _ in self._items]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations the following items get.
+
+        Args:
+            epoch: Epoch number (0-based).
+        """
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random generator of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def read_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw (not augmented) ``(image (H, W), label (H, W))`` of item ``index``."""
+        case, i = self._items[index]
+        if self._from_npz:
+            return read_npz_slice(self.root / "train_npz" / f"{slice_name(case, i)}.npz")
+        if os.getpid() != self._pid:  # forked worker: never share HDF5 handles across processes
+            self._h5, self._pid = {}, os.getpid()
+        f = self._h5.get(case)
+        if f is None:
+            f = self._h5[case] = _open_h5(self.root / "test_vol_h5" / f"{case}.npy.h5")
+        image = np.asarray(f["image"][i], dtype=np.float32)
+        label = _as_label(f["label"][i], f.filename) if "label" in f else np.zeros(image.shape, np.uint8)
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One augmented slice.
+
+        Returns:
+            ``{"image": FloatTensor (1, h, w), "label": LongTensor (h, w), "case_id": str, "index": int}``.
+        """
+        if not 0 <= index < len(self._items):
+            raise IndexError(f"index {index} out of range for {len(self._items)} slices")
+        image, label = self.read_slice(index)
+        img_t, lab_t = self.augmenter(image, label, self.rng(index))
+        return {"image": img_t.unsqueeze(0), "label": lab_t.long(), "case_id": self._items[index][0],
+                "index": int(index)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_h5"] = {}
+        return state
+
+    def close(self) -> None:
+        """Close cached HDF5 handles."""
+        for f in self._h5.values():
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._h5 = {}
+
+    def __del__(self) -> None:
+        self.close()

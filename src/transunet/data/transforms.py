@@ -1,0 +1,356 @@
+"""Training augmentation of 2D slices: the official TransUNet transform, fast and exact.
+
+The official ``RandomGenerator`` (``datasets/dataset_synapse.py`` of the TransUNet code) does,
+per slice::
+
+    if random() > 0.5:   k = randint(0, 4); axis = randint(0, 2)      # rot90 by k, then flip
+    elif random() > 0.5: angle = randint(-20, 20)                      # rotate, nearest, no reshape
+    image = zoom(image, out / in, order=3); label = zoom(label, out / in, order=0)
+
+so a slice is rotated/flipped with probability 0.5, rotated by an integer angle in [-20, 20) with
+probability 0.25 and left as is with probability 0.25. This module draws the parameters in that
+order (:func:`sample_params`) and applies them two ways:
+
+* :func:`apply_scipy` — the reference, literally the official calls (``np.rot90``, ``np.flip``,
+  ``scipy.ndimage.rotate(order=0, reshape=False)``, ``scipy.ndimage.zoom``);
+* :func:`augment_batch` — a batched torch implementation giving the same output: the nearest
+  rotation uses scipy's exact index map and boundary rule, and the cubic-spline resize is the
+  exact linear operator of ``zoom(order=3)`` (separable; computed once per size pair and stored
+  as a banded matrix, truncated where its entries fall below 1e-7), so the image matches scipy to
+  float32 rounding and the label exactly.
+
+Optional extras, off by default and drawn after the official parameters so enabling them never
+changes the official draws: elastic deformation (smooth random displacement), intensity scale and
+shift, and gamma. They are applied after the resize, on the network-sized slice.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+#: Tolerance for the truncation of the banded cubic-spline resize matrices.
+_BAND_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """Random parameters of one slice's augmentation.
+
+    Args:
+        kind: ``"none"``, ``"rotflip"`` (rot90 by ``k`` then flip along ``axis``) or ``"rotate"``.
+        k: Number of 90° rotations (``np.rot90`` direction) for ``rotflip``.
+        axis: Flip axis (0 rows, 1 columns) for ``rotflip``.
+        angle: Rotation angle in degrees for ``rotate`` (``scipy.ndimage.rotate`` convention).
+        elastic: Control-point displacements ``(2, G, G)`` in output pixels, or ``None``.
+        scale: Intensity factor (1 = unchanged).
+        shift: Intensity offset (0 = unchanged).
+        gamma: Gamma exponent (1 = unchanged).
+    """
+
+    kind: str = "none"
+    k: int = 0
+    axis: int = 0
+    angle: int = 0
+    elastic: np.ndarray | None = None
+    scale: float = 1.0
+    shift: float = 0.0
+    gamma: float = 1.0
+
+
+def sample_params(rng: np.random.Generator, *, official: bool = True, elastic: bool = False,
+                  intensity: bool = False, gamma: bool = False, elastic_grid: int = 5,
+                  elastic_sigma: float = 0.02, out_size: Sequence[int] = (224, 224)) -> AugParams:
+    """Draw the augmentation of one slice, in the official order of draws.
+
+    Args:
+        rng: Generator (the dataset derives it from ``(seed, epoch, index)``).
+        official: Draw the official rot90/flip/rotate parameters.
+        elastic: Draw an elastic displacement field (with probability 0.5).
+        intensity: Draw an intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1].
+        gamma: Draw a gamma in [0.7, 1.5] (log-uniform, with probability 0.5).
+        elastic_grid: Control points per side of the displacement field.
+        elastic_sigma: Standard deviation of the control displacements, as a fraction of the size.
+        out_size: Output size, to express elastic displacements in pixels.
+    """
+    kind, k, axis, angle = "none", 0, 0, 0
+    if official:
+        if rng.random() > 0.5:
+            kind, k, axis = "rotflip", int(rng.integers(0, 4)), int(rng.integers(0, 2))
+        elif rng.random() > 0.5:
+            kind, angle = "rotate", int(rng.integers(-20, 20))
+    field = None
+    if elastic and rng.random() < 0.5:
+        sd = elastic_sigma * float(min(out_size))
+        field = rng.normal(0.0, sd, size=(2, elastic_grid, elastic_grid)).astype(np.float32)
+    scale, shift = 1.0, 0.0
+    if intensity:
+        scale, shift = float(rng.uniform(0.9, 1.1)), float(rng.uniform(-0.1, 0.1))
+    g = 1.0
+    if gamma and rng.random() < 0.5:
+        g = float(math.exp(rng.uniform(math.log(0.7), math.log(1.5))))
+    return AugParams(kind, k, axis, angle, field, scale, shift, g)
+
+
+# --------------------------------------------------------------------------- scipy reference
+
+
+def apply_scipy(image: np.ndarray, label: np.ndarray, params: AugParams,
+                out_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The official transform with given parameters, written with the official calls.
+
+    Args:
+        image: ``(H, W)`` float slice.
+        label: ``(H, W)`` integer labels.
+        params: Parameters from :func:`sample_params` (extras are ignored here).
+        out_size: Output ``(h, w)``.
+
+    Returns:
+        ``(image (h, w) float32, label (h, w) same dtype as the input label)``.
+    """
+    if params.kind == "rotflip":
+        image, label = np.rot90(image, params.k), np.rot90(label, params.k)
+        image, label = np.flip(image, axis=params.axis).copy(), np.flip(label, axis=params.axis).copy()
+    elif params.kind == "rotate":
+        image = ndimage.rotate(image, params.angle, order=0, reshape=False)
+        label = ndimage.rotate(label, params.angle, order=0, reshape=False)
+    x, y = image.shape
+    if (x, y) != tuple(out_size):
+        image = ndimage.zoom(image, (out_size[0] / x, out_size[1] / y), order=3)
+        label = ndimage.zoom(label, (out_size[0] / x, out_size[1] / y), order=0)
+    return image.astype(np.float32), label
+
+
+def official_random_scipy(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                          out_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Draw and apply the official augmentation with scipy (the baseline of the benchmark).
+
+    Args:
+        image: ``(H, W)`` float slice.
+        label: ``(H, W)`` integer labels.
+        rng: Random generator.
+        out_size: Output ``(h, w)``.
+    """
+    return apply_scipy(image, label, sample_params(rng), out_size)
+
+
+# --------------------------------------------------------------------------- torch building blocks
+
+
+@functools.lru_cache(maxsize=64)
+def _spline_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """Dense ``(n_out, n_in)`` float32 matrix of the 1D ``zoom(order=3)`` operator.
+
+    ``zoom`` is linear and separable, so zooming the identity along one axis gives its exact
+    matrix, boundary handling included. Entries below 1e-7 (the decaying tails of the spline
+    prefilter) are set to 0.
+    """
+    m = ndimage.zoom(np.eye(n_in), (n_out / n_in, 1.0), order=3)
+    m[np.abs(m) < _BAND_TOL] = 0.0
+    return torch.from_numpy(m.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _spline_matrix_t(n_in: int, n_out: int) -> torch.Tensor:
+    """Contiguous transpose ``(n_in, n_out)`` of :func:`_spline_matrix`."""
+    return _spline_matrix(n_in, n_out).t().contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_index(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source index and validity of each output sample of ``zoom(order=0)`` along one axis.
+
+    Probed from scipy itself, so it reproduces its quirk exactly: floating-point rounding can
+    put the last output coordinate just past the input, which ``mode='constant'`` fills with 0.
+    """
+    probe = np.arange(1, n_in + 1, dtype=np.float64)[:, None]
+    idx = np.rint(ndimage.zoom(probe, (n_out / n_in, 1.0), order=0)[:, 0]).astype(np.int64) - 1
+    return torch.from_numpy(np.clip(idx, 0, n_in - 1)), torch.from_numpy(idx >= 0)
+
+
+def resize_cubic(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize like ``scipy.ndimage.zoom(order=3)`` (corner-aligned cubic B-spline), batched.
+
+    Args:
+        x: ``(B, H, W)`` float tensor.
+        size: Output ``(h, w)``.
+
+    Returns:
+        ``(B, h, w)`` float32 tensor.
+    """
+    B, H, W = x.shape
+    h, w = int(size[0]), int(size[1])
+    if (H, W) == (h, w):
+        return x.float()
+    x = x.float().contiguous()
+    if W != w:
+        x = torch.mm(x.view(B * H, W), _spline_matrix_t(W, w)).view(B, H, w)  # (B, H, w)
+    if H != h:
+        x = torch.matmul(_spline_matrix(H, h), x)  # (B, h, w)
+    return x
+
+
+def resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize like ``scipy.ndimage.zoom(order=0)`` (exact, including its zero-filled edge), batched.
+
+    Args:
+        x: ``(B, H, W)`` tensor of any dtype.
+        size: Output ``(h, w)``.
+    """
+    B, H, W = x.shape
+    h, w = int(size[0]), int(size[1])
+    if (H, W) == (h, w):
+        return x
+    ih, vh = _nearest_index(H, h)
+    iw, vw = _nearest_index(W, w)
+    out = x[:, ih][:, :, iw]
+    if not (bool(vh.all()) and bool(vw.all())):
+        out = out * (vh[:, None] & vw[None, :]).to(out.dtype)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _rotation_index(H: int, W: int, angle: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat source index and validity mask of ``ndimage.rotate(order=0, reshape=False)``."""
+    a = math.radians(angle)
+    cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
+    ii, jj = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
+    yi = math.cos(a) * (ii - cy) + math.sin(a) * (jj - cx) + cy
+    xj = -math.sin(a) * (ii - cy) + math.cos(a) * (jj - cx) + cx
+    valid = (yi >= 0) & (yi <= H - 1) & (xj >= 0) & (xj <= W - 1)
+    yr = np.clip(np.floor(yi + 0.5), 0, H - 1).astype(np.int64)
+    xr = np.clip(np.floor(xj + 0.5), 0, W - 1).astype(np.int64)
+    return torch.from_numpy((yr * W + xr).ravel()), torch.from_numpy(valid.ravel())
+
+
+def rotate_nearest(x: torch.Tensor, angle: int) -> torch.Tensor:
+    """``scipy.ndimage.rotate(x, angle, order=0, reshape=False)`` (constant 0 outside), exact.
+
+    Args:
+        x: ``(H, W)`` tensor.
+        angle: Degrees.
+    """
+    if angle == 0:
+        return x
+    H, W = x.shape
+    idx, valid = _rotation_index(H, W, int(angle))
+    out = x.reshape(-1)[idx]
+    out = torch.where(valid, out, torch.zeros((), dtype=x.dtype))
+    return out.view(H, W)
+
+
+def _elastic(img: torch.Tensor, lab: torch.Tensor, field: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp ``(h, w)`` image (bilinear) and label (nearest) by a smooth displacement field."""
+    h, w = img.shape
+    disp = torch.from_numpy(field)[None]  # (1, 2, G, G) in pixels (dy, dx)
+    disp = F.interpolate(disp, size=(h, w), mode="bicubic", align_corners=True)[0]
+    ys = torch.arange(h, dtype=torch.float32)[:, None] + disp[0]
+    xs = torch.arange(w, dtype=torch.float32)[None, :] + disp[1]
+    grid = torch.stack((2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1), dim=-1)[None]  # (1, h, w, 2)
+    img = F.grid_sample(img[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+    lab = F.grid_sample(lab[None, None].float(), grid, mode="nearest", padding_mode="border",
+                        align_corners=True)[0, 0].to(lab.dtype)
+    return img, lab
+
+
+def _extras(img: torch.Tensor, lab: torch.Tensor, p: AugParams) -> tuple[torch.Tensor, torch.Tensor]:
+    if p.elastic is not None:
+        img, lab = _elastic(img, lab, p.elastic)
+    if p.scale != 1.0 or p.shift != 0.0:
+        img = img * p.scale + p.shift
+    if p.gamma != 1.0:
+        lo, hi = img.min(), img.max()
+        if float(hi - lo) > 0:
+            img = lo + (hi - lo) * ((img - lo) / (hi - lo)).clamp(0, 1) ** p.gamma
+    return img, lab
+
+
+def _geometric(img: torch.Tensor, lab: torch.Tensor, p: AugParams) -> tuple[torch.Tensor, torch.Tensor]:
+    if p.kind == "rotflip":
+        img = torch.rot90(img, p.k, dims=(0, 1)).flip(p.axis)
+        lab = torch.rot90(lab, p.k, dims=(0, 1)).flip(p.axis)
+    elif p.kind == "rotate":
+        img, lab = rotate_nearest(img, p.angle), rotate_nearest(lab, p.angle)
+    return img, lab
+
+
+def augment_batch(images: Sequence[torch.Tensor] | torch.Tensor, labels: Sequence[torch.Tensor] | torch.Tensor,
+                  params: Sequence[AugParams], out_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply drawn augmentations to a batch of slices and resize them (torch, batched).
+
+    Slices may have different sizes; after the rot90/flip/rotation they are grouped by shape and
+    each group is resized with one pair of matrix products.
+
+    Args:
+        images: ``(B, H, W)`` float tensor or a list of ``(H_i, W_i)`` tensors.
+        labels: Matching integer label tensors.
+        params: One :class:`AugParams` per slice.
+        out_size: Output ``(h, w)``.
+
+    Returns:
+        ``(images (B, h, w) float32, labels (B, h, w) int64)``.
+    """
+    B = len(params)
+    h, w = int(out_size[0]), int(out_size[1])
+    geo = [_geometric(images[i], labels[i], params[i]) for i in range(B)]
+    out_img = torch.empty((B, h, w), dtype=torch.float32)
+    out_lab = torch.empty((B, h, w), dtype=torch.int64)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (im, _) in enumerate(geo):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    for _shape, members in groups.items():
+        xi = torch.stack([geo[i][0] for i in members]).float()
+        xl = torch.stack([geo[i][1] for i in members])
+        out_img[members] = resize_cubic(xi, (h, w))
+        out_lab[members] = resize_nearest(xl, (h, w)).long()
+    for i, p in enumerate(params):
+        if p.elastic is not None or p.scale != 1.0 or p.shift != 0.0 or p.gamma != 1.0:
+            out_img[i], out_lab[i] = _extras(out_img[i], out_lab[i], p)
+    return out_img, out_lab
+
+
+class SliceAugmenter:
+    """Draw and apply the augmentation of single slices (what :class:`SliceDataset` calls).
+
+    Args:
+        out_size: Output ``(h, w)``.
+        official: Use the official rot90/flip/rotate augmentation.
+        elastic: Add elastic deformation.
+        intensity: Add intensity scale/shift.
+        gamma: Add gamma.
+    """
+
+    def __init__(self, out_size: Sequence[int], *, official: bool = True, elastic: bool = False,
+                 intensity: bool = False, gamma: bool = False) -> None:
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        self.official, self.elastic, self.intensity, self.gamma = official, elastic, intensity, gamma
+
+    def params(self, rng: np.random.Generator) -> AugParams:
+        """Draw the parameters of one slice."""
+        return sample_params(rng, official=self.official, elastic=self.elastic, intensity=self.intensity,
+                             gamma=self.gamma, out_size=self.out_size)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment one slice.
+
+        Args:
+            image: ``(H, W)`` float array.
+            label: ``(H, W)`` integer array.
+            rng: Random generator of this slice.
+
+        Returns:
+            ``(image (h, w) float32, label (h, w) int64)`` tensors.
+        """
+        p = self.params(rng)
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        lab = torch.from_numpy(np.ascontiguousarray(label))
+        out_img, out_lab = augment_batch([img], [lab], [p], self.out_size)
+        return out_img[0], out_lab[0]
