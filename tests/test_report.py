@@ -112,10 +112,11 @@ def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data_root.mkdir()
     with (run / "metrics.csv").open("w", newline="") as f:
         wr = csv.writer(f)
-        wr.writerow(["epoch", "iteration", "lr", "train_loss", "val_dice", "val_dice_spleen",
-                     "val_dice_right_kidney", "val_dice_liver", "time_s"])
+        wr.writerow(["epoch", "iteration", "lr", "train_loss", "train_ce", "train_dice", "val_mean_dice",
+                     "val_dice_spleen", "val_dice_right kidney", "val_dice_liver", "epoch_time_s", "best"])
         for e in range(1, 6):
-            wr.writerow([e, e * 10, 0.01 * (1 - e / 6) ** 0.9, 1 / e, 0.5 + e / 20, 0.6, 0.5 + e / 30, "", 3.0])
+            wr.writerow([e, e * 10, 0.01 * (1 - e / 6) ** 0.9, 1 / e, 0.5 / e, 0.5 / e, 0.5 + e / 20, 0.6,
+                         0.5 + e / 30, "", 3.0, int(e == 5)])
     torch.manual_seed(0)
     model = TinyAttnNet()
     ckpt_path = run / "checkpoints" / "best.pt"
@@ -277,10 +278,13 @@ def test_metrics_csv_curves(tmp_path: Path, fake_run: Path) -> None:
     curves = plots.read_metrics_csv(fake_run / "metrics.csv")
     assert curves.x_name == "epoch" and list(curves.x) == [1, 2, 3, 4, 5]
     assert "val_dice_liver" not in curves.columns  # an all-empty column is not plotted
-    assert set(curves.columns) >= {"lr", "train_loss", "val_dice", "val_dice_spleen"}
+    assert set(curves.columns) >= {"lr", "train_loss", "val_mean_dice", "val_dice_spleen", "best"}
+    panels = {title: cols for title, cols, _ in plots._panels(curves)}
+    assert panels == {"Training loss": ["train_loss", "train_ce", "train_dice"],
+                      "Validation Dice": ["val_mean_dice", "val_dice_spleen", "val_dice_right kidney"],
+                      "Learning rate": ["lr"]}
     fig = plots.plot_training_curves(curves, CLASS_NAMES)
-    titles = {ax.get_title() for ax in fig.axes}
-    assert titles == {"Loss", "Validation Dice", "Learning rate"}
+    assert {ax.get_title() for ax in fig.axes} == set(panels)
     empty = tmp_path / "empty.csv"
     empty.write_text("epoch,train_loss\n")
     with pytest.raises(DataError, match="no rows"):

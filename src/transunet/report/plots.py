@@ -110,18 +110,24 @@ def read_metrics_csv(path: str | Path) -> Curves:
 
 
 def _panels(curves: Curves) -> list[tuple[str, list[str], bool]]:
-    """Group columns into panels ``(title, columns, log_y)``."""
-    cols = [c for c in curves.columns if c not in ("iteration", "step", "epoch")]
-    time_like = [c for c in cols if any(t in c.lower() for t in ("time", "second", "sec", "wall"))]
-    loss = [c for c in cols if "loss" in c.lower()]
+    """Group columns into panels ``(title, columns, log_y)``.
+
+    Training terms (``train_*`` or ``*loss*``) go to "Training loss", validation Dice columns to
+    "Validation Dice", HD95 columns to "Validation HD95", the learning rate to its own panel;
+    bookkeeping columns (time, flags such as ``best``) are not plotted.
+    """
+    skip = {"iteration", "step", "epoch", "best", "is_best"}
+    cols = [c for c in curves.columns if c.lower() not in skip
+            and not any(t in c.lower() for t in ("time", "second", "wall"))]
     lr = [c for c in cols if c.lower() == "lr" or c.lower().startswith("lr_") or "learning_rate" in c.lower()]
-    dice = [c for c in cols if "dice" in c.lower() and c not in loss]
-    hd = [c for c in cols if "hd95" in c.lower() or "hausdorff" in c.lower()]
-    used = set(loss) | set(lr) | set(dice) | set(hd) | set(time_like)
+    loss = [c for c in cols if c not in lr and ("loss" in c.lower() or c.lower().startswith("train_"))]
+    hd = [c for c in cols if c not in loss and ("hd95" in c.lower() or "hausdorff" in c.lower())]
+    dice = [c for c in cols if c not in loss and c not in hd and "dice" in c.lower()]
+    used = set(loss) | set(lr) | set(dice) | set(hd)
     other = [c for c in cols if c not in used]
     panels = []
     if loss:
-        panels.append(("Loss", loss, False))
+        panels.append(("Training loss", loss, False))
     if dice:
         panels.append(("Validation Dice", dice, False))
     if hd:
