@@ -129,7 +129,7 @@ def save_checkpoint(
         "train_state": train_state,
         "meta": {
             "transunet_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(meta or {}),
         },
