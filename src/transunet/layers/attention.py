@@ -1,0 +1,84 @@
+"""Multi-head self-attention with a fused and an explicit path.
+
+The fused path calls ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels; never
+materialises the ``N x N`` matrix where a fused kernel exists). The explicit path computes
+``softmax(Q K^T / sqrt(d))`` itself and can return the attention weights, e.g. for attention maps.
+Both compute the same function; the tests assert they agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transunet.errors import check_choice
+
+__all__ = ["ATTN_IMPLS", "Attention"]
+
+ATTN_IMPLS = ("fused", "explicit")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate ``query``/``key``/``value``/``out`` projections.
+
+    Module names follow the official TransUNet code so its state dicts load unchanged. As there,
+    the dropout after the output projection uses the attention-dropout rate.
+
+    Args:
+        hidden_size: Token width ``D`` (divisible by ``num_heads``).
+        num_heads: Number of heads ``h``.
+        attn_dropout: Dropout on the attention weights and after the output projection.
+        attn_impl: ``"fused"`` (``scaled_dot_product_attention``) or ``"explicit"``.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, attn_dropout: float = 0.0,
+                 attn_impl: str = "fused") -> None:
+        super().__init__()
+        if hidden_size % num_heads != 0:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; choose a "
+                f"head count that divides it, e.g. {math.gcd(hidden_size, num_heads)}."
+            )
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.attn_impl = check_choice("attn_impl", attn_impl, ATTN_IMPLS)
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.proj_dropout = nn.Dropout(attn_dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend.
+
+        Args:
+            x: Tokens ``(B, N, D)``.
+            return_attention: Use the explicit path and return the attention weights.
+
+        Returns:
+            ``(out (B, N, D), weights (B, h, N, N) or None)``; the weights are the softmax output
+            before attention dropout.
+        """
+        B, N, D = x.shape
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        weights: torch.Tensor | None = None
+        if return_attention or self.attn_impl == "explicit":
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, h, N, N)
+            probs = torch.softmax(scores, dim=-1)
+            weights = probs if return_attention else None
+            ctx = torch.matmul(self.attn_dropout(probs), v)  # (B, h, N, d)
+        else:
+            p = self.attn_dropout.p if self.training else 0.0
+            ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
+        ctx = ctx.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj_dropout(self.out(ctx)), weights
