@@ -210,8 +210,10 @@ def _wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     return DistributedDataParallel(model)
 
 
-def _model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    return dict(cfg.model.model_kwargs())
+def _model_kwargs(cfg: ExperimentConfig, model: nn.Module | None = None) -> dict[str, Any]:
+    """``create_model`` kwargs: the model's own record when it keeps one, else the config's."""
+    own = getattr(model, "model_kwargs", None)
+    return dict(own) if isinstance(own, dict) else dict(cfg.model.model_kwargs())
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -255,7 +257,7 @@ class Trainer:
         seed_everything(derive_seed(cfg.train.seed))  # identical initial weights on every rank
         configure_determinism(cfg.train.deterministic)
         self.model: nn.Module = create_model(cfg.model.name, **_model_kwargs(cfg))
-        self.model_name = cfg.model.name
+        self.model_name = str(getattr(self.model, "model_name", cfg.model.name))
         if cfg.train.freeze_transformer_epochs > 0:
             if not callable(getattr(self.model, "transformer_parameters", None)):
                 raise ConfigError(
@@ -380,7 +382,7 @@ class Trainer:
 
     def _save(self, path: Path, full: bool, hashes: list[str] | None = None, **meta: Any) -> None:
         save_checkpoint(
-            path, self.model, self.model_name, _model_kwargs(self.cfg), config=to_dict(self.cfg),
+            path, self.model, self.model_name, _model_kwargs(self.cfg, self.model), config=to_dict(self.cfg),
             preprocessing=self.preprocessing, train_state=self._train_state(full, hashes), meta=meta,
         )
 
