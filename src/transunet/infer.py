@@ -5,17 +5,27 @@
 the network input with a cubic spline (``scipy.ndimage.zoom(order=3)``), the argmax of the
 softmax is taken, and the label map is resized back with nearest-neighbour interpolation
 (``order=0``), as the official implementation does.
+
+:func:`predict_path` (``transunet predict``) runs a checkpoint on NIfTI files: it applies the
+checkpoint's own intensity normalisation (:mod:`transunet.data.normalize`), slices along the third
+NIfTI axis (the slice axis of :mod:`transunet.data.nifti`, as in training) and writes a label map
+with the input's exact shape, affine and header.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.ndimage import zoom
 from torch import nn
+from tqdm.auto import tqdm
+
+from transunet.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +103,174 @@ def predict_volume(
         assert probs_out is not None
         return label, probs_out
     return label
+
+
+# ----------------------------------------------------------------------------- NIfTI prediction
+
+#: Suffix of the probability maps written next to a label map (``--probabilities``).
+PROBABILITY_SUFFIX = "_probabilities.nii.gz"
+
+
+def _nifti_inputs(input: Path) -> list[Path]:
+    from transunet.data.nifti import is_nifti
+
+    if input.is_dir():
+        files = sorted(p for p in input.iterdir() if p.is_file() and is_nifti(p.name))
+        if not files:
+            raise DataError(f"input folder {input} holds no .nii or .nii.gz files; pass a NIfTI file or a "
+                            "folder of them.")
+        return files
+    if not input.exists():
+        raise DataError(f"input {input} does not exist; pass a .nii/.nii.gz file or a folder of them.")
+    if not is_nifti(input.name):
+        raise DataError(f"input {input} is not a NIfTI file (.nii or .nii.gz); convert it first.")
+    return [input]
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: bool = False,
+                 overwrite: bool = False) -> list[tuple[Path, Path, Path | None]]:
+    """Pair every input file with its output files, refusing unsafe destinations up front.
+
+    A single input file goes to ``output`` when that ends in ``.nii``/``.nii.gz``, otherwise to
+    ``output/<input name>`` (as ``.nii.gz``); a folder of inputs goes to ``output/<input name>``
+    each. Probabilities (if asked) go next to each label file with :data:`PROBABILITY_SUFFIX`.
+
+    Args:
+        input: A NIfTI file or a folder of them.
+        output: Output file (single input) or folder.
+        save_probabilities: Also plan the probability files.
+        overwrite: Allow replacing existing outputs (the input itself is never replaced).
+
+    Returns:
+        ``[(input_file, label_output, probabilities_output or None), ...]``.
+    """
+    from transunet.data.nifti import is_nifti, strip_nifti_suffix
+
+    input, output = Path(input), Path(output)
+    files = _nifti_inputs(input)
+    if input.is_dir():
+        if is_nifti(output.name) and not output.is_dir():
+            raise DataError(f"output {output} names a file but the input {input} is a folder; pass an "
+                            "output folder.")
+        if _is_within(output, input):
+            raise DataError(f"output folder {output} is inside the input folder {input}; choose a folder "
+                            "outside it so predictions are never mixed with the scans.")
+        labels = [output / f"{strip_nifti_suffix(f.name)}.nii.gz" for f in files]
+    elif is_nifti(output.name) and not output.is_dir():
+        labels = [output]
+    else:
+        labels = [output / f"{strip_nifti_suffix(files[0].name)}.nii.gz"]
+    plan = []
+    for src, dst in zip(files, labels):
+        probs = (dst.with_name(strip_nifti_suffix(dst.name) + PROBABILITY_SUFFIX)
+                 if save_probabilities else None)
+        for target in (dst, probs):
+            if target is None:
+                continue
+            if target.resolve() == src.resolve() or any(target.resolve() == f.resolve() for f in files):
+                raise DataError(f"output {target} would overwrite the input {src}; choose another output path.")
+            if target.exists() and not overwrite:
+                raise FileExistsError(f"output {target} already exists; pass --overwrite to replace it or "
+                                      "choose another output path.")
+        plan.append((src, dst, probs))
+    return plan
+
+
+def _save_probabilities(probs: np.ndarray, reference: Any, path: Path) -> Path:
+    """Write ``(K, S, H, W)`` probabilities as a 4D float32 NIfTI ``(X, Y, Z, K)`` on the input's grid."""
+    import nibabel as nib
+
+    from transunet.data.nifti import _save
+    from transunet.utils import atomic_write
+
+    data = np.ascontiguousarray(np.transpose(probs, (3, 2, 1, 0)), dtype=np.float32)  # (W, H, S, K)
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(data, reference.affine, header)
+    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    img.header["scl_slope"] = 1
+    img.header["scl_inter"] = 0
+    img.header["intent_code"] = 0
+    return atomic_write(path, lambda p: _save(img, p, ".nii.gz"))
+
+
+def predict_path(
+    checkpoint: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    device: str = "auto",
+    tta: bool = False,
+    save_probabilities: bool = False,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+) -> list[Path]:
+    """Segment one NIfTI file or a folder of them with a checkpoint.
+
+    Each scan is read with :func:`transunet.data.nifti.load_nifti` (slices along the third NIfTI
+    axis), normalised with the checkpoint's ``preprocessing["normalization"]`` (CT window or
+    z-score), predicted slice by slice at the model's ``img_size`` (any in-plane size and number of
+    slices) and written as a uint8 label NIfTI with the input's exact shape, affine and header.
+    All destinations are checked before anything is predicted.
+
+    Args:
+        checkpoint: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file).
+        input: A ``.nii``/``.nii.gz`` file or a folder of them (not searched recursively).
+        output: Output file (single input; or a folder) or output folder (folder input).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        tta: Average the softmax over horizontal and vertical flips.
+        save_probabilities: Also write class probabilities as a 4D float32 NIfTI
+            ``<name>_probabilities.nii.gz`` (last axis = class).
+        overwrite: Replace existing outputs (never the input).
+        batch_size: Slices per forward pass (default: the config's ``eval.batch_size`` or 16).
+
+    Returns:
+        The written label files.
+    """
+    from transunet.checkpoint import model_from_checkpoint
+    from transunet.data.nifti import load_nifti, save_like
+    from transunet.data.normalize import check_normalization, normalize
+    from transunet.utils import resolve_device
+
+    plan = plan_outputs(input, output, save_probabilities=save_probabilities, overwrite=overwrite)
+    dev = resolve_device(device)
+    model, ckpt = model_from_checkpoint(checkpoint, device=dev)
+    size = ckpt["model"]["kwargs"].get("img_size") or ((ckpt.get("config") or {}).get("model") or {}).get("img_size")
+    if size is None:
+        raise CheckpointError(f"checkpoint {checkpoint} records no img_size; re-save it with "
+                              "'transunet convert-weights --img-size H W'.")
+    img_size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    in_ch = int(getattr(model, "in_channels", 1))
+    if in_ch not in (1, 3):
+        raise CheckpointError(f"checkpoint {checkpoint} expects {in_ch} input channels; prediction on "
+                              "single-channel NIfTI scans needs a model with in_channels 1 or 3.")
+    prep = ckpt.get("preprocessing") or {}
+    spec = check_normalization(prep.get("normalization"))
+    if batch_size is None:
+        batch_size = int(((ckpt.get("config") or {}).get("eval") or {}).get("batch_size", 16))
+    written: list[Path] = []
+    bar = tqdm(plan, desc="predict", unit="scan", dynamic_ncols=True, disable=len(plan) < 2)
+    for src, dst, probs_path in bar:
+        bar.set_postfix_str(src.name)
+        raw, _spacing, _affine, ref = load_nifti(src, dtype=np.float32)
+        if not np.all(np.isfinite(raw)):
+            raise DataError(f"{src}: the volume contains NaN or infinite values; fix the scan (e.g. replace "
+                            "NaN by the background intensity) and run again.")
+        image = normalize(raw, spec)
+        result = predict_volume(model, image, img_size, batch_size=batch_size, device=dev, tta=tta,
+                                return_probabilities=probs_path is not None)
+        label, probs = (result if probs_path is not None else (result, None))  # type: ignore[misc]
+        written.append(save_like(label, ref, dst, dtype=np.uint8))
+        if probs_path is not None and probs is not None:
+            _save_probabilities(probs, ref, probs_path)
+        log.info("%s -> %s", src, dst)
+    return written
