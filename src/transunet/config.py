@@ -327,7 +327,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file from configs/.")
+            path = packaged_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -338,6 +338,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = data["config"]
     cfg = from_dict(ExperimentConfig, data)
     return apply_overrides(cfg, overrides or [])
+
+
+#: Short names of the configs shipped inside the package (``transunet train synapse``).
+PACKAGED_CONFIGS = {
+    "synapse": "synapse_transunet_r50_vit_b16.yaml",
+    "acdc": "acdc_transunet_r50_vit_b16.yaml",
+    "demo": "demo_cpu.yaml",
+}
+
+
+def packaged_config(name: str | Path) -> Path:
+    """Path of a config shipped with the package: ``synapse``, ``acdc``, ``demo`` or a file stem.
+
+    Args:
+        name: Short name (``synapse``), stem (``demo_cpu``) or file name of a packaged config.
+    """
+    folder = Path(__file__).parent / "configs"
+    stem = Path(str(name)).name
+    if Path(str(name)).parent == Path("."):  # a bare name, never a path that merely does not exist
+        for c in (PACKAGED_CONFIGS.get(stem, ""), stem, f"{stem}.yaml"):
+            if c and (folder / c).is_file():
+                return folder / c
+    shipped = sorted([*PACKAGED_CONFIGS, *(p.stem for p in folder.glob("*.yaml"))])
+    raise ConfigError(
+        f"config file {name} does not exist; pass a YAML file (see configs/) or a packaged config "
+        f"name ({', '.join(shipped)})." + did_you_mean(stem, shipped)
+    )
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:

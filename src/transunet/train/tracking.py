@@ -95,6 +95,10 @@ def plot_progress(path: Path, history: Sequence[dict[str, Any]], class_names: Se
     ax_lr.plot(epochs, [r.get("lr", math.nan) for r in history], marker=".", color="tab:purple")
     ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
     ax_lr.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_dice, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return atomic_write(path, lambda p: fig.savefig(p, format="png"))
 

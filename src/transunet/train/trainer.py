@@ -589,9 +589,14 @@ def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
     _preflight(cfg, run_paths(cfg), resume, world)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
+    pkg_log = logging.getLogger("transunet")
+    level = pkg_log.level
+    if not info.is_main:  # one voice: other ranks only report warnings and errors
+        pkg_log.setLevel(logging.WARNING)
     try:
         return Trainer(cfg, info, resume=resume).fit(stop_after_epochs)
     finally:
+        pkg_log.setLevel(level)
         if owns_group:
             cleanup_distributed()
 
