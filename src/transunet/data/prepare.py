@@ -358,22 +358,22 @@ def _split_patients(specs: list[CaseSpec], val_cases: int | None, seed: int) -> 
     by_group: dict[str, list[str]] = {}
     for p in pats:
         by_group.setdefault(patients[p], []).append(p)
-    # Interleave the groups' permuted members, then cut 70/10/20 of the interleaved order so every
-    # split gets its share of every group.
-    rank: dict[str, float] = {}
-    for g, members in sorted(by_group.items()):
+    # Interleave the groups' permuted members (by relative rank inside the group), then take test,
+    # validation and training patients as consecutive blocks, so every split gets its share of
+    # every group (ACDC: 4 test, 2 validation and 14 training patients of each group of 20).
+    rank: dict[str, tuple[float, int]] = {}
+    for gi, (_g, members) in enumerate(sorted(by_group.items())):
         perm = rng.permutation(len(members))
         for r, i in enumerate(perm):
-            rank[members[i]] = (r + 0.5) / len(members) + 1e-6 * len(rank)
+            rank[members[i]] = ((r + 0.5) / len(members), gi)
     order = sorted(pats, key=lambda p: rank[p])
     n_test = max(1, int(round(0.2 * n)))
     n_val = max(1, int(round(0.1 * n))) if val_cases is None else int(val_cases)
     if n_val < 0 or n_test + n_val >= n:
         raise DataError(f"--val-cases {n_val}: with {n} patients and {n_test} test patients it must be between "
                         f"0 and {n - n_test - 1}; choose a smaller number.")
-    test = set(order[::max(1, n // n_test)][:n_test])
-    rest = [p for p in order if p not in test]
-    val = set(rest[::max(1, len(rest) // n_val)][:n_val]) if n_val else set()
+    test = set(order[:n_test])
+    val = set(order[n_test:n_test + n_val])
     for s in specs:
         s.split = "test" if s.patient in test else "val" if s.patient in val else "train"
 
@@ -551,6 +551,7 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         _split_patients(specs, val_cases, seed)
         allowed, names, modality = list(range(len(ACDC_CLASS_NAMES))), list(ACDC_CLASS_NAMES), "MRI"
     else:
+        modality = ""
         if kind == "nifti":
             specs = _discover_nifti(raw)
         elif kind == "nnunet":
@@ -592,7 +593,10 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     fp = settings.fingerprint()
 
     # Check every pair's headers before writing anything.
-    slices = {s.case_id: _check_pair(s)[0] for s in tqdm(specs, desc="checking", unit="case", leave=False)}
+    slices: dict[str, int] = {}
+    with tqdm(specs, desc="checking", unit="case", leave=False) as bar:
+        for s in bar:
+            slices[s.case_id] = _check_pair(s)[0]
 
     # Output folder state.
     meta_path = out / "dataset.json"
