@@ -291,6 +291,16 @@ def test_metrics_csv_curves(tmp_path: Path, fake_run: Path) -> None:
         plots.read_metrics_csv(empty)
 
 
+def test_crop_box_keeps_body_and_labels() -> None:
+    image = np.zeros((100, 80), dtype=np.float32)
+    image[30:60, 20:50] = 1.0  # the body
+    label = np.zeros((100, 80), dtype=np.uint8)
+    label[70, 60] = 3  # an organ outside the bright region still fits
+    rows, cols = plots.crop_box(image, label, margin=0.05)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (25, 76, 16, 65)
+    assert plots.crop_box(np.zeros((10, 12))) == (slice(0, 10), slice(0, 12))
+
+
 def test_representative_slices() -> None:
     label = np.zeros((16, 8, 8), dtype=np.uint8)
     label[6, :6, :6] = 1  # most foreground

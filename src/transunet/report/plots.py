@@ -217,6 +217,34 @@ def label_rgba(label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return rgba
 
 
+def crop_box(image: np.ndarray, *labels: np.ndarray, margin: float = 0.06) -> tuple[slice, slice]:
+    """Bounding box of the body (image above its background level) and all labels, with a margin.
+
+    Medical slices often show a small body inside a large field of view; cropping to it makes
+    organs readable in the figures.
+
+    Args:
+        image: ``(H, W)`` slice.
+        *labels: Label maps ``(H, W)`` that must stay inside the box.
+        margin: Margin as a fraction of the image size.
+
+    Returns:
+        ``(rows, cols)`` slices of the box (the whole image when nothing stands out).
+    """
+    img = display_image(image)
+    mask = img > 0.05
+    for lab in labels:
+        mask |= np.asarray(lab) > 0
+    h, w = img.shape
+    if not mask.any():
+        return slice(0, h), slice(0, w)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    mr, mc = int(round(margin * h)), int(round(margin * w))
+    return (slice(max(0, rows[0] - mr), min(h, rows[-1] + 1 + mr)),
+            slice(max(0, cols[0] - mc), min(w, cols[-1] + 1 + mc)))
+
+
 @dataclass
 class OverlayRow:
     """One slice of the overlay figure.
@@ -244,7 +272,10 @@ def plot_overlays(rows: Sequence[OverlayRow], class_names: Sequence[str], title:
     """
     if not rows:
         raise ValueError("plot_overlays needs at least one slice.")
-    h, w = rows[0].image.shape
+    boxes = [crop_box(r.image, r.label, r.prediction) for r in rows]
+    rows = [OverlayRow(r.title, r.image[b], r.label[b], r.prediction[b]) for r, b in zip(rows, boxes)]
+    h = max(r.image.shape[0] for r in rows)
+    w = max(r.image.shape[1] for r in rows)
     panel = 3.2
     fig = Figure(figsize=(4 * panel * max(w / h, 0.6), panel * len(rows) + 1.0), layout="constrained")
     axes = fig.subplots(len(rows), 4, squeeze=False)
@@ -286,9 +317,12 @@ def _class_name(class_names: Sequence[str], i: int) -> str:
 # ----------------------------------------------------------------------------- attention
 
 
-def _heat(ax, image: np.ndarray, token_map: np.ndarray, point: tuple[int, int], title: str) -> None:
+def _heat(ax, image: np.ndarray, token_map: np.ndarray, point: tuple[int, int], title: str,
+          box: tuple[slice, slice]) -> None:
     img = display_image(image)
-    heat = upsample_map(token_map, img.shape)
+    heat = upsample_map(token_map, img.shape)[box]
+    img = img[box]
+    point = (point[0] - box[0].start, point[1] - box[1].start)
     ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.imshow(heat, cmap="inferno", alpha=0.55, interpolation="nearest",
               vmin=float(heat.min()), vmax=float(heat.max()) if heat.max() > heat.min() else float(heat.min()) + 1)
@@ -309,11 +343,12 @@ def plot_attention_heads(image: np.ndarray, result: AttentionResult, title: str 
     n = result.heads.shape[0]
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
-    h, w = image.shape
+    box = crop_box(image)
+    h, w = image[box].shape
     fig = Figure(figsize=(3.0 * ncols * max(w / h, 0.6), 3.0 * nrows + 0.6), layout="constrained")
     for k in range(n):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        _heat(ax, image, result.heads[k], result.point, f"layer {result.n_layers}, head {k + 1}")
+        _heat(ax, image, result.heads[k], result.point, f"layer {result.n_layers}, head {k + 1}", box)
     if title:
         fig.suptitle(title)
     return fig
@@ -330,28 +365,31 @@ def plot_attention_rollout(image: np.ndarray, result: AttentionResult, label: np
         class_names: Names of labels ``0..C-1``.
         title: Figure title.
     """
-    h, w = image.shape
+    box = crop_box(image) if label is None else crop_box(image, label)
+    h, w = image[box].shape
     fig = Figure(figsize=(3 * 3.4 * max(w / h, 0.6), 3.9), layout="constrained")
     axes = fig.subplots(1, 3)
     ax = axes[0]
-    ax.imshow(display_image(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(display_image(image)[box], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if label is not None:
-        ax.imshow(label_rgba(label, alpha=0.35), interpolation="nearest")
-    ax.plot(result.point[1], result.point[0], marker="x", color="cyan", ms=9, mew=2.5)
+        ax.imshow(label_rgba(label[box], alpha=0.35), interpolation="nearest")
+    ax.plot(result.point[1] - box[1].start, result.point[0] - box[0].start, marker="x", color="cyan",
+            ms=9, mew=2.5)
     gh, gw = result.grid_size
     ax.set_title(f"query token {result.query} (row {result.query // gw}, col {result.query % gw} "
                  f"of {gh}×{gw})", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    _heat(axes[1], image, result.heads.mean(axis=0), result.point, f"layer {result.n_layers}, mean of heads")
-    _heat(axes[2], image, result.rollout, result.point, f"attention rollout, {result.n_layers} layers")
+    _heat(axes[1], image, result.heads.mean(axis=0), result.point, f"layer {result.n_layers}, mean of heads",
+          box)
+    _heat(axes[2], image, result.rollout, result.point, f"attention rollout, {result.n_layers} layers", box)
     if title:
         fig.suptitle(title)
     return fig
 
 
 __all__ = [
-    "Curves", "OverlayRow", "ORGAN_COLORS", "display_image", "label_rgba", "organ_color",
+    "Curves", "OverlayRow", "ORGAN_COLORS", "crop_box", "display_image", "label_rgba", "organ_color",
     "plot_attention_heads", "plot_attention_rollout", "plot_overlays", "plot_training_curves",
     "read_metrics_csv", "save_png",
 ]
