@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -272,21 +273,86 @@ def _extras(img: torch.Tensor, lab: torch.Tensor, p: AugParams) -> tuple[torch.T
     return img, lab
 
 
-def _geometric(img: torch.Tensor, lab: torch.Tensor, p: AugParams) -> tuple[torch.Tensor, torch.Tensor]:
-    if p.kind == "rotflip":
-        img = torch.rot90(img, p.k, dims=(0, 1)).flip(p.axis)
-        lab = torch.rot90(lab, p.k, dims=(0, 1)).flip(p.axis)
-    elif p.kind == "rotate":
-        img, lab = rotate_nearest(img, p.angle), rotate_nearest(lab, p.angle)
-    return img, lab
+@functools.lru_cache(maxsize=64)
+def _spline_csr(n_in: int, n_out: int, reverse: bool) -> torch.Tensor:
+    """:func:`_spline_matrix` as a sparse CSR tensor, columns reversed when ``reverse``
+    (``A @ flip(x) == A[:, ::-1] @ x``, so flips cost nothing)."""
+    m = _spline_matrix(n_in, n_out)
+    if reverse:
+        m = m.flip(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return m.to_sparse_csr()
+
+
+@functools.lru_cache(maxsize=256)
+def _dihedral(H: int, W: int, k: int, axis: int) -> tuple[bool, bool, bool]:
+    """Describe ``flip(rot90(x, k), axis)`` of an ``(H, W)`` array as ``(transposed, rev_a, rev_b)``.
+
+    Not transposed: ``y[i, j] = x[r(i), c(j)]``; transposed: ``y[i, j] = x[r(j), c(i)]``, where
+    ``r`` (``c``) reverses the rows (columns) of ``x`` when ``rev_a`` (``rev_b``).
+    """
+    g = np.flip(np.rot90(np.arange(H * W).reshape(H, W), k), axis)
+    transposed = g.shape != (H, W) or (H == W and H > 1 and abs(int(g[0, 1]) - int(g[0, 0])) == W)
+    if H == 1 or W == 1:
+        transposed = g.shape != (H, W)
+    r0, c0 = divmod(int(g[0, 0]), W)
+    return transposed, r0 != 0, c0 != 0
+
+
+def _resize_operators(x: torch.Tensor, rows_rev: bool, cols_rev: bool, size: tuple[int, int]) -> torch.Tensor:
+    """``A_rows @ x @ A_cols^T`` with the spline operators (sizes taken from ``x`` and ``size``)."""
+    H, W = x.shape
+    h, w = size
+    y = torch.sparse.mm(_spline_csr(H, h, rows_rev), x) if (H != h or rows_rev) else x  # (h, W)
+    if W != w or cols_rev:
+        y = torch.sparse.mm(_spline_csr(W, w, cols_rev), y.t().contiguous()).t()  # (h, w)
+    return y
+
+
+def _augment_one(img: torch.Tensor, lab: torch.Tensor, p: AugParams,
+                 size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official geometric augmentation + resize of one slice, without materialising rot90/flip."""
+    H, W = img.shape
+    h, w = size
+    img = img.float().contiguous()
+    if p.kind == "rotate" and p.angle != 0:
+        idx, valid = _rotation_index(H, W, int(p.angle))
+        flat = torch.cat([img.view(-1), img.new_zeros(1)])
+        img = torch.index_select(flat, 0, torch.where(valid, idx, H * W)).view(H, W)
+        ih, vh = _nearest_index(H, h)
+        iw, vw = _nearest_index(W, w)
+        sel = ih[:, None] * W + iw[None, :]
+        src, ok = idx[sel], valid[sel] & vh[:, None] & vw[None, :]
+        out_lab = torch.where(ok, lab.reshape(-1)[src], torch.zeros((), dtype=lab.dtype))
+        return _resize_operators(img, False, False, size), out_lab
+    transposed, rev_a, rev_b = (False, False, False) if p.kind != "rotflip" else _dihedral(H, W, p.k, p.axis)
+    if not transposed:
+        ih, vh = _nearest_index(H, h)
+        iw, vw = _nearest_index(W, w)
+        rows = H - 1 - ih if rev_a else ih
+        cols = W - 1 - iw if rev_b else iw
+        out_lab = lab[rows][:, cols]
+        out_img = _resize_operators(img, rev_a, rev_b, size)
+    else:  # y = x^T up to flips: output rows come from x's columns
+        ih, vh = _nearest_index(W, h)
+        iw, vw = _nearest_index(H, w)
+        cols = W - 1 - ih if rev_b else ih
+        rows = H - 1 - iw if rev_a else iw
+        out_lab = lab[rows][:, cols].t()
+        out_img = _resize_operators(img, rev_a, rev_b, (w, h)).t()
+    if not (bool(vh.all()) and bool(vw.all())):
+        out_lab = out_lab * (vh[:, None] & vw[None, :]).to(out_lab.dtype)
+    return out_img, out_lab
 
 
 def augment_batch(images: Sequence[torch.Tensor] | torch.Tensor, labels: Sequence[torch.Tensor] | torch.Tensor,
                   params: Sequence[AugParams], out_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply drawn augmentations to a batch of slices and resize them (torch, batched).
+    """Apply drawn augmentations to a batch of slices and resize them (torch).
 
-    Slices may have different sizes; after the rot90/flip/rotation they are grouped by shape and
-    each group is resized with one pair of matrix products.
+    The rot90/flip is folded into the (cached, sparse) resize operators and the label's nearest
+    look-ups, so it costs nothing; a rotation is one gather with scipy's exact index map. Slices
+    may have different sizes.
 
     Args:
         images: ``(B, H, W)`` float tensor or a list of ``(H_i, W_i)`` tensors.
@@ -298,21 +364,14 @@ def augment_batch(images: Sequence[torch.Tensor] | torch.Tensor, labels: Sequenc
         ``(images (B, h, w) float32, labels (B, h, w) int64)``.
     """
     B = len(params)
-    h, w = int(out_size[0]), int(out_size[1])
-    geo = [_geometric(images[i], labels[i], params[i]) for i in range(B)]
-    out_img = torch.empty((B, h, w), dtype=torch.float32)
-    out_lab = torch.empty((B, h, w), dtype=torch.int64)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (im, _) in enumerate(geo):
-        groups.setdefault(tuple(im.shape), []).append(i)
-    for _shape, members in groups.items():
-        xi = torch.stack([geo[i][0] for i in members]).float()
-        xl = torch.stack([geo[i][1] for i in members])
-        out_img[members] = resize_cubic(xi, (h, w))
-        out_lab[members] = resize_nearest(xl, (h, w)).long()
+    size = (int(out_size[0]), int(out_size[1]))
+    out_img = torch.empty((B, *size), dtype=torch.float32)
+    out_lab = torch.empty((B, *size), dtype=torch.int64)
     for i, p in enumerate(params):
+        im, lb = _augment_one(images[i], labels[i], p, size)
         if p.elastic is not None or p.scale != 1.0 or p.shift != 0.0 or p.gamma != 1.0:
-            out_img[i], out_lab[i] = _extras(out_img[i], out_lab[i], p)
+            im, lb = _extras(im.contiguous(), lb.contiguous(), p)
+        out_img[i], out_lab[i] = im, lb
     return out_img, out_lab
 
 
