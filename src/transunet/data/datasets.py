@@ -413,7 +413,7 @@ class SliceDataset(Dataset):
 
     def close(self) -> None:
         """Close cached HDF5 handles."""
-        for f in self._h5.values():
+        for f in getattr(self, "_h5", {}).values():
             try:
                 f.close()
             except Exception:  # noqa: BLE001 - closing is best effort
