@@ -18,7 +18,13 @@ from transunet import metrics as M
 from transunet.checkpoint import save_checkpoint
 from transunet.cli import main
 from transunet.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, to_dict
-from transunet.evaluate import bootstrap_ci, display_columns, evaluate, resolve_checkpoint, summarize_protocol
+from transunet.evaluate import (
+    bootstrap_ci,
+    display_columns,
+    evaluate,
+    resolve_checkpoint,
+    summarize_protocol,
+)
 from transunet.registry import register_model
 
 SYNAPSE = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach",

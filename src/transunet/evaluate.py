@@ -470,7 +470,7 @@ def evaluate(
             if vol.label.size and int(vol.label.max()) >= len(class_names):
                 raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(vol.label.max())} "
                                 f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
-            pred = predict_volume_for(model, vol.image, img_size, bs, dev, tta)
+            pred = _predict(model, vol.image, img_size, bs, dev, tta)
             spacing = tuple(float(s) for s in vol.spacing) if vol.spacing is not None else None
             spacings[case_id] = spacing
             scored = label_metrics(pred, vol.label, classes, spacing, protocols=protocols,
@@ -538,7 +538,7 @@ def evaluate(
     return out
 
 
-def predict_volume_for(model: Any, image: np.ndarray, img_size: tuple[int, int], batch_size: int,
+def _predict(model: Any, image: np.ndarray, img_size: tuple[int, int], batch_size: int,
                        device: Any, tta: bool) -> np.ndarray:
     """Label map of one normalised volume (the official slice-wise inference).
 
@@ -589,5 +589,13 @@ def _make_report(run_root: Path, data_root: Path, split: str, device: str, out: 
     log.info("report: %s", page)
 
 
-__all__ = ["BOOTSTRAP_SEED", "evaluate", "resolve_checkpoint", "display_columns", "bootstrap_ci",
-           "summarize_protocol", "render_table", "render_csv"]
+__all__ = [
+    "BOOTSTRAP_SEED",
+    "bootstrap_ci",
+    "display_columns",
+    "evaluate",
+    "render_csv",
+    "render_table",
+    "resolve_checkpoint",
+    "summarize_protocol",
+]

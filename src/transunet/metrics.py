@@ -529,7 +529,22 @@ def nan_to_none(x: float | None) -> float | None:
 
 
 __all__ = [
-    "PROTOCOLS", "STATUSES", "NSD_TOLERANCE_MM", "ClassMetrics", "LabelSurfaces", "SurfaceDistances",
-    "surface_map", "surface_distances", "dice", "hd95", "assd", "nsd", "case_status",
-    "official_metric", "official_class_metrics", "corrected_metric", "label_metrics", "nan_to_none",
+    "NSD_TOLERANCE_MM",
+    "PROTOCOLS",
+    "STATUSES",
+    "ClassMetrics",
+    "LabelSurfaces",
+    "SurfaceDistances",
+    "assd",
+    "case_status",
+    "corrected_metric",
+    "dice",
+    "hd95",
+    "label_metrics",
+    "nan_to_none",
+    "nsd",
+    "official_class_metrics",
+    "official_metric",
+    "surface_distances",
+    "surface_map",
 ]

@@ -109,4 +109,4 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-__all__ = ["DEFAULT_CT_WINDOW", "KINDS", "ct_window", "zscore", "check_normalization", "normalize"]
+__all__ = ["DEFAULT_CT_WINDOW", "KINDS", "check_normalization", "ct_window", "normalize", "zscore"]
