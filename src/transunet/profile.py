@@ -19,7 +19,7 @@ from torch import nn
 
 from transunet.layers.attention import Attention
 
-__all__ = ["count_flops", "profile_model", "PARTS"]
+__all__ = ["PARTS", "count_flops", "profile_model"]
 
 #: Parts of a TransUNet-family model, as ``(label, module-name prefix)``; first match wins.
 PARTS: tuple[tuple[str, str], ...] = (
@@ -138,17 +138,17 @@ def profile_model(
     total_flops = sum(res["flops"].values())
 
     lines = [
-        f"{name}  img_size={size[0]}x{size[1]}  num_classes={num_classes}  in_channels={in_channels}  "
-        f"batch={batch_size}  tokens={model.grid_size[0]}x{model.grid_size[1]}",
+        (f"{name}  img_size={size[0]}x{size[1]}  num_classes={num_classes}  in_channels={in_channels}  "
+        f"batch={batch_size}  tokens={model.grid_size[0]}x{model.grid_size[1]}"),
         "",
         f"{'part':<14}{'parameters':>16}{'GFLOP':>10}{'share':>8}",
         "-" * 48,
     ]
-    for label in params:
-        if params[label] == 0 and res["flops"].get(label, 0) == 0:
-            continue
+    for label, n_params in params.items():
         f = res["flops"].get(label, 0)
-        lines.append(f"{label:<14}{params[label]:>16,}{f / 1e9:>10.2f}{100 * f / max(total_flops, 1):>7.1f}%")
+        if n_params == 0 and f == 0:
+            continue
+        lines.append(f"{label:<14}{n_params:>16,}{f / 1e9:>10.2f}{100 * f / max(total_flops, 1):>7.1f}%")
     lines += ["-" * 48, f"{'total':<14}{total_params:>16,}{total_flops / 1e9:>10.2f}{100.0:>7.1f}%", ""]
     lines.append("FLOPs = 2 x multiply-adds of conv, linear and attention matmuls.")
     if res["folded_saving"]:
@@ -163,11 +163,11 @@ def profile_model(
         lines += [
             "",
             f"attention matrix per layer: {B} x {h} heads x {N} x {N} tokens (fp32)",
-            f"  explicit path: {_mib(per)} per N x N matrix; at least 2 live per layer in the "
+            (f"  explicit path: {_mib(per)} per N x N matrix; at least 2 live per layer in the "
             f"forward (scores, softmax) = {_mib(2 * per)}; training keeps the softmax of every layer "
-            f"for backward = {_mib(per * n_layers)} over {n_layers} layers",
-            "  fused path (scaled_dot_product_attention, flash/memory-efficient kernels): no N x N "
-            f"matrix stored; O(N) per head ({_mib(B * h * N * 4)} of log-sum-exp per layer)",
+            f"for backward = {_mib(per * n_layers)} over {n_layers} layers"),
+            ("  fused path (scaled_dot_product_attention, flash/memory-efficient kernels): no N x N "
+            f"matrix stored; O(N) per head ({_mib(B * h * N * 4)} of log-sum-exp per layer)"),
         ]
     return "\n".join(lines)
 

@@ -9,6 +9,16 @@ from transunet.layers.pos_embed import resize_pos_embed
 from transunet.layers.std_conv import FoldConv2d, StdConv2d, fold_kernel, standardize_kernel
 
 __all__ = [
-    "ATTN_IMPLS", "Attention", "Conv2dReLU", "DropPath", "drop_path", "Embeddings", "Mlp", "resize_pos_embed",
-    "FoldConv2d", "StdConv2d", "fold_kernel", "standardize_kernel",
+    "ATTN_IMPLS",
+    "Attention",
+    "Conv2dReLU",
+    "DropPath",
+    "Embeddings",
+    "FoldConv2d",
+    "Mlp",
+    "StdConv2d",
+    "drop_path",
+    "fold_kernel",
+    "resize_pos_embed",
+    "standardize_kernel",
 ]

@@ -34,7 +34,7 @@ from transunet.models.resnetv2 import ResNetV2
 from transunet.models.vit import Encoder, Transformer
 from transunet.registry import register_model
 
-__all__ = ["DecoderBlock", "DecoderCup", "SegmentationHead", "TransUNet", "ARCHS", "build_transunet"]
+__all__ = ["ARCHS", "DecoderBlock", "DecoderCup", "SegmentationHead", "TransUNet", "build_transunet"]
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -225,7 +225,7 @@ class TransUNet(nn.Module):
                 "with matching in_channels/img_size."
             )
         encoded, maps, skips = self.transformer(x, return_attention=return_attention)  # (B, N, D)
-        B, N, D = encoded.shape
+        B, _, D = encoded.shape
         grid = encoded.transpose(1, 2).reshape(B, D, *self.grid_size)  # (B, D, gh, gw)
         logits = self.segmentation_head(self.decoder(grid, skips))  # (B, K, H, W)
         return (logits, maps) if return_attention else logits
@@ -244,31 +244,43 @@ class TransUNet(nn.Module):
 
 #: Architecture arguments of every registered model (literal, read by the entry points below).
 ARCHS: dict[str, dict[str, Any]] = {
-    "R50-ViT-B_16": dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=16,
-                         resnet_units=(3, 4, 9), resnet_width_factor=1.0,
-                         decoder_channels=(256, 128, 64, 16), decoder_head_channels=512),
-    "R50-ViT-L_16": dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24, patch_size=16,
-                         resnet_units=(3, 4, 9), resnet_width_factor=1.0,
-                         decoder_channels=(256, 128, 64, 16), decoder_head_channels=512),
-    "ViT-B_16": dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=16,
-                     resnet_units=None, resnet_width_factor=1.0,
-                     decoder_channels=(256, 128, 64, 16), decoder_head_channels=512),
-    "ViT-B_32": dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12, patch_size=32,
-                     resnet_units=None, resnet_width_factor=1.0,
-                     decoder_channels=(256, 128, 64, 16), decoder_head_channels=512),
-    "ViT-L_16": dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24, patch_size=16,
-                     resnet_units=None, resnet_width_factor=1.0,
-                     decoder_channels=(256, 128, 64, 16), decoder_head_channels=512),
+    "R50-ViT-B_16": {
+        "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12, "patch_size": 16,
+        "resnet_units": (3, 4, 9), "resnet_width_factor": 1.0,
+        "decoder_channels": (256, 128, 64, 16), "decoder_head_channels": 512,
+    },
+    "R50-ViT-L_16": {
+        "hidden_size": 1024, "mlp_dim": 4096, "num_heads": 16, "num_layers": 24, "patch_size": 16,
+        "resnet_units": (3, 4, 9), "resnet_width_factor": 1.0,
+        "decoder_channels": (256, 128, 64, 16), "decoder_head_channels": 512,
+    },
+    "ViT-B_16": {
+        "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12, "patch_size": 16,
+        "resnet_units": None, "resnet_width_factor": 1.0,
+        "decoder_channels": (256, 128, 64, 16), "decoder_head_channels": 512,
+    },
+    "ViT-B_32": {
+        "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12, "patch_size": 32,
+        "resnet_units": None, "resnet_width_factor": 1.0,
+        "decoder_channels": (256, 128, 64, 16), "decoder_head_channels": 512,
+    },
+    "ViT-L_16": {
+        "hidden_size": 1024, "mlp_dim": 4096, "num_heads": 16, "num_layers": 24, "patch_size": 16,
+        "resnet_units": None, "resnet_width_factor": 1.0,
+        "decoder_channels": (256, 128, 64, 16), "decoder_head_channels": 512,
+    },
     # A real TransUNet (CNN skips + transformer + CUP) sized to train on a 2-core CPU in minutes.
-    "TransUNet-Tiny": dict(hidden_size=128, mlp_dim=256, num_heads=4, num_layers=4, patch_size=16,
-                           resnet_units=(1, 1, 1), resnet_width_factor=0.5,
-                           decoder_channels=(64, 32, 16, 16), decoder_head_channels=128),
+    "TransUNet-Tiny": {
+        "hidden_size": 128, "mlp_dim": 256, "num_heads": 4, "num_layers": 4, "patch_size": 16,
+        "resnet_units": (1, 1, 1), "resnet_width_factor": 0.5,
+        "decoder_channels": (64, 32, 16, 16), "decoder_head_channels": 128,
+    },
 }
 
 
 def _pair(img_size: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(img_size, bool):
-        raise ValueError(f"img_size={img_size!r} is invalid for {name}: give an int or (H, W), e.g. 224.")
+        raise ValueError(f"img_size={img_size!r} is invalid for {name}: give an int or (H, W), e.g. 224.")  # noqa: TRY004
     if isinstance(img_size, int):
         return (img_size, img_size)
     try:

@@ -31,13 +31,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from transunet.checkpoint import is_transunet_checkpoint, save_checkpoint, strip_prefixes, torch_load
+from transunet.checkpoint import (
+    is_transunet_checkpoint,
+    save_checkpoint,
+    strip_prefixes,
+    torch_load,
+)
 from transunet.errors import CheckpointError
 from transunet.layers.pos_embed import resize_pos_embed
 
 __all__ = [
-    "LoadReport", "load_state_dict_strict", "google_npz_to_state_dict", "read_weights",
-    "load_pretrained", "convert_weights",
+    "LoadReport",
+    "convert_weights",
+    "google_npz_to_state_dict",
+    "load_pretrained",
+    "load_state_dict_strict",
+    "read_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,13 +115,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Any], sour
     """
     own = model.state_dict()
     name = getattr(model, "model_name", type(model).__name__)
-    for key, value in state_dict.items():
-        if key in own and _shape(value) != _shape(own[key]):
-            fs, ms = _shape(value), _shape(own[key])
-            raise CheckpointError(
-                f"{source}: '{key}' has shape {fs} in the file but {ms} in {name}; "
-                f"{_mismatch_cause(key, fs, ms)}."
-            )
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if missing or unexpected:
@@ -125,6 +127,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Any], sour
             f"{source} does not fit {name}: {' and '.join(parts)}; the file is probably from "
             f"{_key_cause(missing + unexpected, model)}."
         )
+    for key, value in state_dict.items():
+        if _shape(value) != _shape(own[key]):
+            fs, ms = _shape(value), _shape(own[key])
+            raise CheckpointError(
+                f"{source}: '{key}' has shape {fs} in the file but {ms} in {name}; "
+                f"{_mismatch_cause(key, fs, ms)}."
+            )
     model.load_state_dict(dict(state_dict), strict=True)
 
 
