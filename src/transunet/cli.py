@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=9)
     s.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="H [W]")
     s.add_argument("--in-channels", type=int, default=1)
-    s.add_argument("--n-skip", type=int, default=3)
+    s.add_argument("--n-skip", type=int, default=None,
+                   help="skip connections 0-3 (default: 3 for R50 hybrids, 0 for pure ViT models)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_weights)
 
