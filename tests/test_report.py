@@ -256,7 +256,15 @@ def test_protocol_table_shows_the_summary_values(tmp_path: Path) -> None:
     liver = summary["protocols"]["corrected"]["per_class"]["liver"]
     assert f"{liver['dice_mean'] * 100:.2f} ± {liver['dice_std'] * 100:.2f}" in html
     assert "HD95 mm" in html and html.count("<tr") == 1 + 3 + 1
-    assert "HD95 voxel" in tables.protocol_table(summary, "official")
+    assert "HD95 voxel" in tables.protocol_table(summary, "official") and "NSD" not in html
+    # the corrected protocol's extras get their own columns when present
+    summary["nsd_tolerance_mm"] = 2.0
+    for i, st in enumerate(summary["protocols"]["corrected"]["per_class"].values()):
+        st.update(nsd_mean=0.5 + i / 10, n_absent=i)
+    summary["protocols"]["corrected"]["mean"]["nsd"] = 0.123
+    html = tables.protocol_table(summary, "corrected")
+    assert "<th>NSD % (2.0 mm)</th>" in html and "<th>absent</th>" in html and "ASSD" not in html
+    assert "<td>12.30</td>" in html and "<td>70.00</td>" in html
     cases = tables.per_case_table(summary, "official")
     assert "missed" in cases and "class='flag'" in cases
     assert tables.fmt(None) == "–" and tables.fmt(float("nan")) == "–" and tables.fmt_ci([1, None]) == "–"

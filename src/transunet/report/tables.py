@@ -120,7 +120,8 @@ def fmt_ci(ci: Any, scale: float = 1.0, digits: int = 2) -> str:
 def protocol_table(summary: dict[str, Any], protocol: str) -> str:
     """HTML table of one protocol: one row per organ plus the mean row.
 
-    Dice is printed in percent, HD95 in the protocol's unit.
+    Dice is printed in percent, HD95 in the protocol's unit; the corrected protocol's extras
+    (average surface distance, normalised surface Dice) get columns when the summary has them.
 
     Args:
         summary: Output of :func:`load_summary`.
@@ -129,27 +130,38 @@ def protocol_table(summary: dict[str, Any], protocol: str) -> str:
     proto = summary["protocols"][protocol]
     unit = proto.get("hd95_unit", "voxel" if protocol == "official" else "mm")
     per_class = proto["per_class"]
+    stats = list(per_class.values())
     e = html.escape
+    tol = summary.get("nsd_tolerance_mm")
+    extras = [(key, label, scale) for key, label, scale in (
+        ("assd_mean", f"ASSD {unit}", 1.0),
+        ("nsd_mean", "NSD %" + (f" ({fmt(tol, digits=1)} mm)" if _num(tol) is not None else ""), 100.0),
+    ) if any(key in st for st in stats)]
+    counts = [(key, label) for key, label in (("n", "n"), ("n_missed", "missed"),
+                                              ("n_false_positive", "false positive"), ("n_absent", "absent"))
+              if any(key in st for st in stats)]
     head = ("<tr><th>organ</th><th>Dice % (mean ± std)</th><th>Dice 95% CI</th>"
-            f"<th>HD95 {e(unit)} (mean ± std)</th><th>HD95 95% CI</th><th>n</th>"
-            "<th>missed</th><th>false positive</th></tr>")
+            f"<th>HD95 {e(unit)} (mean ± std)</th><th>HD95 95% CI</th>"
+            + "".join(f"<th>{e(label)}</th>" for _, label, _ in extras)
+            + "".join(f"<th>{e(label)}</th>" for _, label in counts) + "</tr>")
     rows = []
     for name in display_order(summary["class_names"]):
-        s = per_class.get(name)
-        if s is None:
+        st = per_class.get(name)
+        if st is None:
             continue
         rows.append(
-            f"<tr><td>{e(name)}</td><td>{fmt_pm(s.get('dice_mean'), s.get('dice_std'), 100)}</td>"
-            f"<td>{fmt_ci(s.get('dice_ci95'), 100)}</td>"
-            f"<td>{fmt_pm(s.get('hd95_mean'), s.get('hd95_std'))}</td><td>{fmt_ci(s.get('hd95_ci95'))}</td>"
-            f"<td>{s.get('n', '–')}</td><td>{s.get('n_missed', '–')}</td>"
-            f"<td>{s.get('n_false_positive', '–')}</td></tr>"
+            f"<tr><td>{e(name)}</td><td>{fmt_pm(st.get('dice_mean'), st.get('dice_std'), 100)}</td>"
+            f"<td>{fmt_ci(st.get('dice_ci95'), 100)}</td>"
+            f"<td>{fmt_pm(st.get('hd95_mean'), st.get('hd95_std'))}</td><td>{fmt_ci(st.get('hd95_ci95'))}</td>"
+            + "".join(f"<td>{fmt(st.get(key), scale)}</td>" for key, _, scale in extras)
+            + "".join(f"<td>{e(str(st.get(key, '–')))}</td>" for key, _ in counts) + "</tr>"
         )
     m = proto["mean"]
     rows.append(
         f"<tr class='mean'><td>mean</td><td>{fmt(m.get('dice'), 100)}</td><td>{fmt_ci(m.get('dice_ci95'), 100)}</td>"
         f"<td>{fmt(m.get('hd95'))}</td><td>{fmt_ci(m.get('hd95_ci95'))}</td>"
-        "<td></td><td></td><td></td></tr>"
+        + "".join(f"<td>{fmt(m.get(key.removesuffix('_mean')), scale)}</td>" for key, _, scale in extras)
+        + "".join(f"<td>{e(str(m[key])) if key in m else ''}</td>" for key, _ in counts) + "</tr>"
     )
     return f"<table class='metrics'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
