@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transunet.data.intensity_baseline import fit_intensity_classifiers, interval_hu, score_intensity_classifiers
+from transunet.data.intensity_baseline import (
+    fit_intensity_classifiers,
+    interval_hu,
+    score_intensity_classifiers,
+)
 from transunet.data.nifti import load_nifti
 from transunet.data.phantom import generate_phantom, phantom_case_ids
 from transunet.data.synapse import SYNAPSE_CLASS_NAMES, SYNAPSE_TEST_IDS, btcv_lut

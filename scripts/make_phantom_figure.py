@@ -13,14 +13,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
-from transunet.data.nifti import load_nifti  # noqa: E402
-from transunet.data.phantom import generate_phantom, phantom_case_ids  # noqa: E402
-from transunet.data.synapse import BTCV_RAW_NAMES  # noqa: E402
+from transunet.data.nifti import load_nifti
+from transunet.data.phantom import generate_phantom, phantom_case_ids
+from transunet.data.synapse import BTCV_RAW_NAMES
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def test_extras_are_off_by_default_and_keep_official_draws() -> None:
     img = torch.linspace(0, 1, 32 * 32).view(32, 32)
     lab = (img > 0.5).to(torch.uint8)
     oi, ol = augment_batch([img], [lab], [p], (32, 32))
-    ri, rl = augment_batch([img], [lab], [AugParams()], (32, 32))
+    ri, _ = augment_batch([img], [lab], [AugParams()], (32, 32))
     assert not torch.allclose(oi, ri) and set(ol.unique().tolist()) <= {0, 1}
 
 

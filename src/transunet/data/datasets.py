@@ -28,7 +28,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from transunet.data.synapse import CT_WINDOW, SYNAPSE_CLASS_NAMES
@@ -416,8 +415,8 @@ class SliceDataset(Dataset):
         for f in getattr(self, "_h5", {}).values():
             try:
                 f.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+            except Exception as e:  # noqa: BLE001 - closing is best effort
+                log.debug("closing %s failed: %s", f, e)
         self._h5 = {}
 
     def __del__(self) -> None:

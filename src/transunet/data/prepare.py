@@ -47,8 +47,16 @@ from tqdm import tqdm
 from transunet.data.datasets import FORMAT, LIST_FILES, VERSION, slice_name
 from transunet.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
 from transunet.data.normalize import normalize
-from transunet.data.synapse import (ACDC_CLASS_NAMES, BTCV_RAW_NAMES, CT_WINDOW, SYNAPSE_CLASS_NAMES,
-                                    SYNAPSE_TEST_IDS, SYNAPSE_TRAIN_IDS, btcv_lut, synapse_case_name)
+from transunet.data.synapse import (
+    ACDC_CLASS_NAMES,
+    BTCV_RAW_NAMES,
+    CT_WINDOW,
+    SYNAPSE_CLASS_NAMES,
+    SYNAPSE_TEST_IDS,
+    SYNAPSE_TRAIN_IDS,
+    btcv_lut,
+    synapse_case_name,
+)
 from transunet.errors import DataError
 from transunet.utils import atomic_write, atomic_write_text
 
@@ -314,7 +322,7 @@ def _discover_msd(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
 
 
 def _n_val_default(n_train: int, per_18: float = 4.0) -> int:
-    return max(1, int(round(per_18 / 18.0 * n_train)))
+    return max(1, round(per_18 / 18.0 * n_train))
 
 
 def _carve_val(train: list[str], val_cases: int | None, seed: int, default: int, what: str) -> tuple[list[str], list[str]]:
@@ -367,8 +375,8 @@ def _split_patients(specs: list[CaseSpec], val_cases: int | None, seed: int) -> 
         for r, i in enumerate(perm):
             rank[members[i]] = ((r + 0.5) / len(members), gi)
     order = sorted(pats, key=lambda p: rank[p])
-    n_test = max(1, int(round(0.2 * n)))
-    n_val = max(1, int(round(0.1 * n))) if val_cases is None else int(val_cases)
+    n_test = max(1, round(0.2 * n))
+    n_val = max(1, round(0.1 * n)) if val_cases is None else int(val_cases)
     if n_val < 0 or n_test + n_val >= n:
         raise DataError(f"--val-cases {n_val}: with {n} patients and {n_test} test patients it must be between "
                         f"0 and {n - n_test - 1}; choose a smaller number.")
@@ -445,7 +453,7 @@ def _save_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
 
 
 def _save_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    S, H, W = image.shape
+    _, H, W = image.shape
 
     def w(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
@@ -688,4 +696,4 @@ def _remove_stale(out: Path, specs: list[CaseSpec], slices: dict[str, int]) -> N
                 p.unlink()
 
 
-__all__ = ["prepare", "KINDS", "CaseSpec"]
+__all__ = ["KINDS", "CaseSpec", "prepare"]

@@ -50,6 +50,6 @@ def synapse_case_name(btcv_id: str) -> str:
     return f"case{btcv_id}"
 
 
-def btcv_lut() -> "list[int]":
+def btcv_lut() -> list[int]:
     """Look-up table ``lut[raw] = synapse`` for raw labels 0..13."""
     return [BTCV_TO_SYNAPSE.get(i, 0) for i in range(len(BTCV_RAW_NAMES))]

@@ -205,7 +205,7 @@ def resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         x: ``(B, H, W)`` tensor of any dtype.
         size: Output ``(h, w)``.
     """
-    B, H, W = x.shape
+    _, H, W = x.shape
     h, w = int(size[0]), int(size[1])
     if (H, W) == (h, w):
         return x
