@@ -150,7 +150,7 @@ def test_evaluate_writes_summary_csv_table_and_predictions(setup):
     header = next(line for line in table.splitlines() if line.startswith("| Method"))
     assert header == ("| Method | DSC | HD95 | Aorta | Gallbladder | Kidney (L) | Kidney (R) | Liver | "
                       "Pancreas | Spleen | Stomach |")
-    assert "_EvalBandNet (official, HD95 in voxel)" in table and "(corrected, HD95 in mm)" in table
+    assert "_EvalBandNet (official, HD95 in voxels)" in table and "(corrected, HD95 in mm)" in table
     assert f"{off['mean']['dice'] * 100:.2f}" in table
 
 

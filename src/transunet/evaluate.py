@@ -259,7 +259,7 @@ def render_table(summary: dict[str, Any], method: str) -> str:
     lines.append("|---|" + "---:|" * (2 + len(cols)))
     for proto, res in summary["protocols"].items():
         unit = res["hd95_unit"]
-        row = [f"{method} ({proto}, HD95 in {unit})", _fmt(res["mean"]["dice"], 100), _fmt(res["mean"]["hd95"])]
+        row = [f"{method} ({proto}, HD95 in {'voxels' if unit == 'voxel' else unit})", _fmt(res["mean"]["dice"], 100), _fmt(res["mean"]["hd95"])]
         row += [_fmt(res["per_class"][names[i]]["dice_mean"], 100) for i, _ in cols]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
