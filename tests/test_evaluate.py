@@ -25,7 +25,7 @@ from transunet.evaluate import (
     resolve_checkpoint,
     summarize_protocol,
 )
-from transunet.registry import register_model
+from transunet.registry import list_models, register_model
 
 SYNAPSE = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach",
            "aorta", "pancreas"]
@@ -57,7 +57,8 @@ class BandNet(nn.Module):
         return -self.scale * (x[:, :1] - self.centers.view(1, -1, 1, 1)) ** 2
 
 
-register_model(BandNet, name="_EvalBandNet")
+if "_EvalBandNet" not in list_models():  # registered once per process, even if this module is re-imported
+    register_model(BandNet, name="_EvalBandNet")
 
 
 def _label(shape, k: int, seed: int, missing: tuple[int, ...] = ()) -> np.ndarray:

@@ -16,7 +16,7 @@ from transunet.cli import main
 from transunet.data.normalize import check_normalization, ct_window, normalize, zscore
 from transunet.errors import DataError
 from transunet.infer import PROBABILITY_SUFFIX, predict_path, predict_volume
-from transunet.registry import register_model
+from transunet.registry import list_models, register_model
 
 K = 3
 LOW, HIGH = -125.0, 275.0
@@ -34,7 +34,8 @@ class BandNet(nn.Module):
         return -50.0 * (x[:, :1] - self.centers.view(1, -1, 1, 1)) ** 2
 
 
-register_model(BandNet, name="_InferBandNet")
+if "_InferBandNet" not in list_models():  # registered once per process, even if this module is re-imported
+    register_model(BandNet, name="_InferBandNet")
 
 
 def make_checkpoint(path: Path, normalization=None, in_channels: int = 1) -> Path:
