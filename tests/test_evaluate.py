@@ -235,6 +235,11 @@ def test_cli_evaluate_and_refusals(setup, tmp_path, capsys):
     assert not (run / "eval" / "test" / "predictions").exists()
     assert not list((run / "eval" / "test").glob(".predictions*"))
 
+    # the dataset recorded in the checkpoint has moved: point to --data
+    data.rename(tmp_path / "moved")
+    assert main(["evaluate", str(run), "--device", "cpu", "--no-report"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+
     # a run folder without checkpoints
     assert main(["evaluate", str(tmp_path / "nothing"), "--no-report"]) == 2
 

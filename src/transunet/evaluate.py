@@ -434,6 +434,9 @@ def evaluate(
         if cfg is None:
             raise ConfigError(f"checkpoint {ckpt_path} has no training config to find its dataset; pass --data DIR.")
         data = cfg.data.root
+        if not Path(data).is_dir():
+            raise DataError(f"the dataset recorded in checkpoint {ckpt_path} ({data}) does not exist here "
+                            "(a relative path is read from the current folder); pass --data DIR.")
     data_root = Path(data)
     info = read_dataset_info(data_root)
     class_names = [str(n) for n in info["class_names"]]
