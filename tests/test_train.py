@@ -150,6 +150,17 @@ def test_short_run_lowers_loss_and_writes_everything(reference_run: Path, data_r
     assert model(torch.zeros(1, 1, IMG, IMG)).shape == (1, 3, IMG, IMG)
 
 
+def test_tensorboard_events_when_installed(reference_run: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(reference_run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/train_loss", "train/lr", "val/val_mean_dice", "val/val_dice_square"} <= tags
+    assert [e.step for e in acc.Scalars("train/train_loss")] == [3, 6]
+
+
 def test_refuses_to_overwrite_and_resume_of_finished_run_is_noop(reference_run: Path, data_root: Path) -> None:
     cfg = tiny_cfg(data_root, reference_run.parent, "reference")
     before = (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns

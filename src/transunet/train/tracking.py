@@ -22,9 +22,14 @@ log = logging.getLogger(__name__)
 BASE_COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_ce", "train_dice", "val_mean_dice")
 
 
+def dice_column(class_name: str) -> str:
+    """Column of a class's validation Dice: ``val_dice_<name>`` with spaces as underscores."""
+    return "val_dice_" + "_".join(str(class_name).split())
+
+
 def csv_columns(class_names: Sequence[str]) -> list[str]:
     """Columns of ``metrics.csv``: the base columns, one ``val_dice_<class>`` per foreground class, time."""
-    return [*BASE_COLUMNS, *(f"val_dice_{n}" for n in class_names[1:]), "epoch_time_s", "best"]
+    return [*BASE_COLUMNS, *(dice_column(n) for n in class_names[1:]), "epoch_time_s", "best"]
 
 
 def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]], class_names: Sequence[str]) -> Path:
@@ -81,7 +86,7 @@ def plot_progress(path: Path, history: Sequence[dict[str, Any]], class_names: Se
     if val_epochs:
         rows = [r for r in history if _finite(r.get("val_mean_dice"))]
         for name in class_names[1:]:
-            ax_dice.plot(val_epochs, [r.get(f"val_dice_{name}", math.nan) for r in rows],
+            ax_dice.plot(val_epochs, [r.get(dice_column(name), math.nan) for r in rows],
                          marker=".", linewidth=1, label=name)
         ax_dice.plot(val_epochs, [r["val_mean_dice"] for r in rows], color="black", linewidth=2.5,
                      marker="o", label="mean")
@@ -156,4 +161,4 @@ class TensorBoardLogger:
             self.writer = None
 
 
-__all__ = ["csv_columns", "write_metrics_csv", "plot_progress", "TensorBoardLogger"]
+__all__ = ["dice_column", "csv_columns", "write_metrics_csv", "plot_progress", "TensorBoardLogger"]

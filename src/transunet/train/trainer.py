@@ -64,7 +64,7 @@ from transunet.train.state import (
     seed_everything,
     set_rng_state,
 )
-from transunet.train.tracking import TensorBoardLogger, plot_progress, write_metrics_csv
+from transunet.train.tracking import TensorBoardLogger, dice_column, plot_progress, write_metrics_csv
 from transunet.train.validation import validate
 from transunet.utils import resolve_device
 
@@ -294,7 +294,7 @@ class Trainer:
         per_epoch = len(self.loader)
         cap = cfg.train.iterations_per_epoch
         if cap is not None and cap > per_epoch:
-            log.warning("train.iterations_per_epoch=%d exceeds one pass over the data (%d "
+            log.info("train.iterations_per_epoch=%d exceeds one pass over the data (%d "
                         "iterations); using %d", cap, per_epoch, per_epoch)
         self.iters_per_epoch = min(per_epoch, cap) if cap is not None else per_epoch
         if cfg.train.max_iterations is not None:
@@ -502,7 +502,7 @@ class Trainer:
                     )
                     record["val_mean_dice"] = res["mean_dice"]
                     for name, v in res["per_class"].items():
-                        record[f"val_dice_{name}"] = v
+                        record[dice_column(name)] = v
                 improved = math.isfinite(record.get("val_mean_dice", math.nan)) and \
                     record["val_mean_dice"] > st.best_score
                 if improved:
