@@ -4,8 +4,10 @@ Each setting (image size x precision) runs in a fresh subprocess so its peak res
 (``VmHWM`` from ``/proc/self/status``) is its own; the table also shows the peak *above* the
 memory held right after building the model and optimizer, i.e. what the training step itself
 needs (activations, gradients, momentum). The fp32 row of each size is the baseline its bf16 row
-is compared against. One step is exactly the trainer's: autocast forward, ``0.5 * CE + 0.5 *
-Dice`` in float32, backward, SGD (momentum 0.9, weight decay 1e-4).
+is compared against. Throughput is that of the fastest timed step (robust to other jobs on a
+shared machine); the median step time is shown beside it. One step is exactly the trainer's:
+autocast forward, ``0.5 * CE + 0.5 * Dice`` in float32, backward, SGD (momentum 0.9, weight
+decay 1e-4).
 
 Usage::
 
@@ -72,14 +74,18 @@ def run_one(model_name: str, size: int, batch: int, amp: str, iters: int, warmup
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    losses = [step() for _ in range(iters)]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
+    times, losses = [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        losses.append(step())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    best, median = min(times), sorted(times)[len(times) // 2]
     out = {
-        "slices_per_s": batch * iters / dt,
-        "s_per_step": dt / iters,
+        "slices_per_s": batch / best,
+        "s_per_step": best,
+        "median_s_per_step": median,
         "peak_rss_mib": _vm("VmHWM"),
         "step_rss_mib": _vm("VmHWM") - base_rss,
         "final_loss": losses[-1],
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--amp", nargs="+", default=["none", "bf16"], choices=["none", "bf16", "fp16"])
-    p.add_argument("--iters", type=int, default=3, help="timed steps per setting")
+    p.add_argument("--iters", type=int, default=4, help="timed steps per setting")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# {args.model}, batch {args.batch}, {args.iters} timed steps after {args.warmup} warm-up, "
           f"device {args.device}, {args.threads} threads, torch {torch.__version__}")
-    hdr = f"| {'size':>5} | {'precision':>9} | {'slices/s':>8} | {'s/step':>7} | {'speed-up':>8} | " \
+    hdr = f"| {'size':>5} | {'precision':>9} | {'slices/s':>8} | {'s/step':>7} | {'median s':>8} | {'speed-up':>8} | " \
           f"{'peak RSS MiB':>12} | {'step RSS MiB':>12} |"
     if args.device.startswith("cuda"):
         hdr += f" {'CUDA peak MiB':>13} |"
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             if base is None:
                 base = r["slices_per_s"]
             row = (f"| {size:>5} | {('fp32' if amp == 'none' else amp):>9} | {r['slices_per_s']:>8.2f} | "
-                   f"{r['s_per_step']:>7.2f} | {r['slices_per_s'] / base:>7.2f}x | "
+                   f"{r['s_per_step']:>7.2f} | {r['median_s_per_step']:>8.2f} | {r['slices_per_s'] / base:>7.2f}x | "
                    f"{r['peak_rss_mib']:>12.0f} | {r['step_rss_mib']:>12.0f} |")
             if "cuda_peak_mib" in r:
                 row += f" {r['cuda_peak_mib']:>13.0f} |"
