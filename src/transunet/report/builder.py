@@ -94,7 +94,8 @@ body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2
         padding: 0 1em; color: #222; }}
 h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }}
 table {{ border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }}
-th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }}
+.scroll {{ overflow-x: auto; }}
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
 tr.mean td {{ font-weight: bold; background: #fafafa; }} td.flag {{ background: #fff3e0; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; height: auto; }}
@@ -272,12 +273,12 @@ def make_report(
     protos += [p for p in summ["protocols"] if p not in protos]
     for p in protos:
         sec.body.append(f"<h3>{html.escape(tables.PROTOCOL_TITLES.get(p, p))}</h3>")
-        sec.body.append(tables.protocol_table(summ, p))
+        sec.body.append(f"<div class='scroll'>{tables.protocol_table(summ, p)}</div>")
     sec = page.section("Per-case results")
     for p in protos:
         sec.body.append(f"<details><summary>{html.escape(p)}: Dice % / HD95 "
                         f"{html.escape(str(summ['protocols'][p].get('hd95_unit', '')))} per case and organ"
-                        "</summary>" + tables.per_case_table(summ, p) + "</details>")
+                        "</summary><div class='scroll'>" + tables.per_case_table(summ, p) + "</div></details>")
     steps.update()
 
     # -- training curves
