@@ -226,6 +226,12 @@ def test_two_stage_freezes_then_trains_transformer(data_root: Path, tmp_path: Pa
     assert hist[1]["lr"] == pytest.approx(0.05 * 0.1 * (1 - 5 / 6) ** 0.9)  # stage 2, iteration 5
 
 
+def test_pretrained_initialises_the_model(reference_run: Path, data_root: Path, tmp_path: Path) -> None:
+    best = reference_run / "checkpoints" / "best.pt"
+    trainer = Trainer(tiny_cfg(data_root, tmp_path, "finetune", **{"model.pretrained": str(best)}), DistInfo())
+    assert _states_equal(load_checkpoint(best)["state_dict"], trainer.model.state_dict()) == []
+
+
 class _NaNAfter(nn.Module):
     """A tiny conv net whose training forward returns NaN from its 4th call."""
 
@@ -325,7 +331,7 @@ def test_torchrun_two_processes_gloo(data_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "transunet", "train", str(tmp_path / "ddp.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 1/2" in proc.stderr and "gloo" in proc.stderr
     last = tmp_path / "ddp" / "checkpoints" / "last.pt"

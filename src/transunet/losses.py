@@ -164,4 +164,4 @@ class DiceCELoss(nn.Module):
         return self.components(logits, target)[0]
 
 
-__all__ = ["DiceLoss", "DiceCELoss", "SMOOTH"]
+__all__ = ["SMOOTH", "DiceCELoss", "DiceLoss"]

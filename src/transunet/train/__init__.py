@@ -10,4 +10,4 @@ Example::
 
 from transunet.train.trainer import Trainer, TrainingDivergedError, train
 
-__all__ = ["train", "Trainer", "TrainingDivergedError"]
+__all__ = ["Trainer", "TrainingDivergedError", "train"]

@@ -12,7 +12,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
 
     @property
@@ -159,6 +159,13 @@ def state_hash(model: nn.Module) -> str:
 
 
 __all__ = [
-    "DistInfo", "env_world", "init_distributed", "cleanup_distributed", "barrier", "all_reduce_mean",
-    "all_gather_objects", "broadcast_buffers", "state_hash",
+    "DistInfo",
+    "all_gather_objects",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_buffers",
+    "cleanup_distributed",
+    "env_world",
+    "init_distributed",
+    "state_hash",
 ]

@@ -74,4 +74,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
 
 
-__all__ = ["seed_everything", "derive_seed", "configure_determinism", "get_rng_state", "set_rng_state"]
+__all__ = ["configure_determinism", "derive_seed", "get_rng_state", "seed_everything", "set_rng_state"]

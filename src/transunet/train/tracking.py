@@ -161,4 +161,4 @@ class TensorBoardLogger:
             self.writer = None
 
 
-__all__ = ["dice_column", "csv_columns", "write_metrics_csv", "plot_progress", "TensorBoardLogger"]
+__all__ = ["TensorBoardLogger", "csv_columns", "dice_column", "plot_progress", "write_metrics_csv"]

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes, unwrap_model
+from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes
 from transunet.config import ExperimentConfig, config_from_dict, save_config, to_dict
 from transunet.errors import ConfigError, DataError, TransUNetError
 from transunet.losses import DiceCELoss
@@ -64,7 +64,12 @@ from transunet.train.state import (
     seed_everything,
     set_rng_state,
 )
-from transunet.train.tracking import TensorBoardLogger, dice_column, plot_progress, write_metrics_csv
+from transunet.train.tracking import (
+    TensorBoardLogger,
+    dice_column,
+    plot_progress,
+    write_metrics_csv,
+)
 from transunet.train.validation import validate
 from transunet.utils import resolve_device
 
@@ -270,8 +275,10 @@ class Trainer:
         if cfg.model.pretrained and not resume:
             from transunet.models.weights import load_pretrained
 
-            load_pretrained(self.model, cfg.model.pretrained)
-            log.info("initialised from %s", cfg.model.pretrained)
+            report = load_pretrained(self.model, cfg.model.pretrained)
+            log.info("initialised from %s (%d model tensors not in the file keep their random "
+                     "initialisation, %d file entries unused)", cfg.model.pretrained,
+                     len(report.missing), len(report.unexpected))
         self.model.to(self.device)
 
         self.dataset = SliceDataset(
@@ -295,7 +302,7 @@ class Trainer:
         cap = cfg.train.iterations_per_epoch
         if cap is not None and cap > per_epoch:
             log.info("train.iterations_per_epoch=%d exceeds one pass over the data (%d "
-                        "iterations); using %d", cap, per_epoch, per_epoch)
+                     "iterations); using %d", cap, per_epoch, per_epoch)
         self.iters_per_epoch = min(per_epoch, cap) if cap is not None else per_epoch
         if cfg.train.max_iterations is not None:
             self.total_iterations = int(cfg.train.max_iterations)
@@ -309,7 +316,7 @@ class Trainer:
             stage2_lr_scale=cfg.train.stage2_lr_scale if cfg.train.freeze_transformer_epochs else 1.0,
             iterations_per_epoch=self.iters_per_epoch,
         )
-        if 0 < cfg.train.freeze_transformer_epochs >= self.epochs:
+        if cfg.train.freeze_transformer_epochs >= self.epochs > 0:
             log.warning("train.freeze_transformer_epochs=%d covers the whole run (%d epochs): the "
                         "transformer is never trained", cfg.train.freeze_transformer_epochs, self.epochs)
         self.optimizer = torch.optim.SGD(
@@ -534,6 +541,10 @@ class Trainer:
                 # No validation: best.pt is the final model, labelled as such.
                 self._save(self.paths.best, full=False, selected_by="final_epoch", epoch=st.epoch)
             barrier(info)
+        except KeyboardInterrupt:
+            log.warning("interrupted during epoch %d; %s holds epoch %d: continue with --resume",
+                        st.epoch + 1, self.paths.last, st.epoch)
+            raise
         finally:
             pbar.close()
             self.tb.close()
@@ -601,5 +612,11 @@ def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
             cleanup_distributed()
 
 
-__all__ = ["train", "Trainer", "TrainingDivergedError", "amp_dtype_for", "config_differences",
-           "RESUMABLE_CHANGES"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "Trainer",
+    "TrainingDivergedError",
+    "amp_dtype_for",
+    "config_differences",
+    "train",
+]
