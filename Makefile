@@ -27,3 +27,4 @@ lint:
 bench:
 	$(PYTHON) benchmarks/bench_metrics.py
 	$(PYTHON) benchmarks/bench_augment.py
+	$(PYTHON) benchmarks/bench_train.py
