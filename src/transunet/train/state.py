@@ -32,12 +32,20 @@ def derive_seed(*parts: int) -> int:
 
 
 def configure_determinism(deterministic: bool) -> None:
-    """Ask PyTorch for deterministic kernels (warn-only where none exists) when requested."""
+    """Deterministic kernels (warn-only where none exists), or cuDNN autotuning as the official code.
+
+    Args:
+        deterministic: ``True``: ``torch.use_deterministic_algorithms(True, warn_only=True)``,
+            cuDNN deterministic, no benchmark mode. ``False``: ``cudnn.benchmark = True`` (faster
+            convolutions on GPU, not bit-reproducible there; no effect on CPU).
+    """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def get_rng_state() -> dict[str, Any]:
