@@ -428,4 +428,4 @@ def _load_case(root: Path, split: str, case_id: str) -> Any:
     return load_volume(root, split, case_id)
 
 
-__all__ = ["make_report", "representative_slices", "resolve_run", "REPORT_HTML"]
+__all__ = ["REPORT_HTML", "make_report", "representative_slices", "resolve_run"]

@@ -1,7 +1,8 @@
 """Matplotlib (Agg) figures of the report: training curves, overlays and attention maps.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without pyplot's global state, so
-it is safe in threads and headless processes; :func:`save_png` writes it atomically.
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot's global state (it
+is drawn by the Agg canvas, never by an interactive backend), so it is safe in threads and headless
+processes; :func:`save_png` writes it atomically.
 """
 
 from __future__ import annotations
@@ -13,20 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg", force=False)
-
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from transunet.errors import DataError  # noqa: E402
-from transunet.report.attention import AttentionResult, upsample_map  # noqa: E402
-from transunet.utils import atomic_write  # noqa: E402
+from transunet.errors import DataError
+from transunet.report.attention import AttentionResult, upsample_map
+from transunet.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,7 @@ def read_metrics_csv(path: str | Path) -> Curves:
         raise DataError(f"{path}: cannot read the training metrics ({e.strerror}).") from None
     if not rows:
         raise DataError(f"{path}: no rows; training wrote no epoch yet.")
-    names = [n for n in rows[0].keys() if n is not None]
+    names = [n for n in rows[0] if n is not None]
     columns: dict[str, np.ndarray] = {}
     for name in names:
         values = []
@@ -240,7 +237,7 @@ def crop_box(image: np.ndarray, *labels: np.ndarray, margin: float = 0.06) -> tu
         return slice(0, h), slice(0, w)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
-    mr, mc = int(round(margin * h)), int(round(margin * w))
+    mr, mc = round(margin * h), round(margin * w)
     return (slice(max(0, rows[0] - mr), min(h, rows[-1] + 1 + mr)),
             slice(max(0, cols[0] - mc), min(w, cols[-1] + 1 + mc)))
 
@@ -389,7 +386,17 @@ def plot_attention_rollout(image: np.ndarray, result: AttentionResult, label: np
 
 
 __all__ = [
-    "Curves", "OverlayRow", "ORGAN_COLORS", "crop_box", "display_image", "label_rgba", "organ_color",
-    "plot_attention_heads", "plot_attention_rollout", "plot_overlays", "plot_training_curves",
-    "read_metrics_csv", "save_png",
+    "ORGAN_COLORS",
+    "Curves",
+    "OverlayRow",
+    "crop_box",
+    "display_image",
+    "label_rgba",
+    "organ_color",
+    "plot_attention_heads",
+    "plot_attention_rollout",
+    "plot_overlays",
+    "plot_training_curves",
+    "read_metrics_csv",
+    "save_png",
 ]

@@ -30,7 +30,8 @@ _ALIASES = {"left kidney": "kidney l", "kidney left": "kidney l", "right kidney"
 
 PROTOCOL_TITLES = {
     "official": "Official protocol (as published: HD95 in voxels, a missed organ scores Dice 0 and "
-                "HD95 0, a false positive on an absent organ scores Dice 1)",
+                "HD95 0, a false positive on an absent organ scores Dice 1 and HD95 0, an organ absent "
+                "in both scores 0)",
     "corrected": "Corrected protocol (HD95 in mm, a missed organ scores Dice 0 and counts as an HD95 "
                  "failure, organs absent in both are excluded)",
 }
