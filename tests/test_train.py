@@ -190,8 +190,9 @@ def test_resume_is_bit_exact(reference_run: Path, data_root: Path, tmp_path: Pat
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
-def test_bf16_autocast_on_cpu(data_root: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(data_root, tmp_path, "bf16", **{"train.amp": "bf16", "train.epochs": 1})
+def test_bf16_autocast_on_cpu_without_validation(data_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(data_root, tmp_path, "bf16", **{"train.amp": "bf16", "train.epochs": 1,
+                                                   "data.val_split": "null"})
     trainer = Trainer(cfg, DistInfo())
     seen: list[torch.dtype] = []
     trainer.model.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
@@ -200,6 +201,12 @@ def test_bf16_autocast_on_cpu(data_root: Path, tmp_path: Path) -> None:
     last = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")
     assert all(v.dtype != torch.bfloat16 for v in last["state_dict"].values())  # fp32 master weights
     assert math.isfinite(last["train_state"]["history"][0]["train_loss"])
+    # Without validation best.pt is the final model, and says so.
+    best = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "best.pt")
+    assert best["meta"]["selected_by"] == "final_epoch"
+    assert _states_equal(best["state_dict"], last["state_dict"]) == []
+    row = next(csv.DictReader((tmp_path / "bf16" / "metrics.csv").open()))
+    assert row["val_mean_dice"] == "" and row["train_loss"] != ""
 
 
 def test_two_stage_freezes_then_trains_transformer(data_root: Path, tmp_path: Path) -> None:

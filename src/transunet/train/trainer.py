@@ -479,7 +479,8 @@ class Trainer:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.paths.config)
         if st.epoch >= self.epochs:
-            log.info("run %s is already complete (%d epochs)", self.paths.root, st.epoch)
+            log.info("run %s is already complete (%d epochs); nothing to train", self.paths.root, st.epoch)
+            return self.paths.root
         log.info("training %s: %d epochs x %d iterations (global batch %d, %d per process), "
                  "%d training slices, %d validation cases, amp=%s, device=%s, %d process(es)",
                  self.model_name, self.epochs, self.iters_per_epoch, cfg.train.batch_size,
@@ -537,13 +538,14 @@ class Trainer:
                 if stop_after_epochs is not None and done_here >= stop_after_epochs and st.epoch < self.epochs:
                     log.info("stopped after %d epoch(s) as requested; continue with --resume", done_here)
                     break
-            if st.epoch >= self.epochs and info.is_main and (not self.val_cases or not self.paths.best.exists()):
+            finished = st.epoch >= self.epochs
+            if finished and info.is_main and ((not self.val_cases and done_here) or not self.paths.best.exists()):
                 # No validation: best.pt is the final model, labelled as such.
                 self._save(self.paths.best, full=False, selected_by="final_epoch", epoch=st.epoch)
             barrier(info)
         except KeyboardInterrupt:
-            log.warning("interrupted during epoch %d; %s holds epoch %d: continue with --resume",
-                        st.epoch + 1, self.paths.last, st.epoch)
+            log.warning("interrupted; %s holds the last completed epoch: continue with --resume",
+                        self.paths.last)
             raise
         finally:
             pbar.close()
