@@ -299,6 +299,9 @@ def test_resume_errors(data_root: Path, tmp_path: Path, reference_run: Path) -> 
         train(changed, resume=True)
     with pytest.raises(ConfigError, match="stop_after_epochs"):
         train(tiny_cfg(data_root, tmp_path), stop_after_epochs=0)
+    # A YAML path works like the config object (here: refused, the run exists).
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        train(reference_run / "config.yaml")
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -333,7 +336,8 @@ def test_foreground_dice_empty_rules() -> None:
 
 
 def test_torchrun_two_processes_gloo(data_root: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(data_root, tmp_path, "ddp")
+    # Two-stage training also exercises re-wrapping DDP when the transformer is unfrozen.
+    cfg = tiny_cfg(data_root, tmp_path, "ddp", **{"train.freeze_transformer_epochs": 1})
     save_config(cfg, tmp_path / "ddp.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes
-from transunet.config import ExperimentConfig, config_from_dict, save_config, to_dict
+from transunet.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
 from transunet.errors import ConfigError, DataError, TransUNetError
 from transunet.losses import DiceCELoss
 from transunet.paths import RunPaths, run_paths
@@ -567,7 +567,7 @@ class Trainer:
                  r["epoch_time_s"])
 
 
-def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
+def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = False, *,
           stop_after_epochs: int | None = None) -> Path:
     """Train a model as ``cfg`` describes; return the run folder.
 
@@ -576,7 +576,8 @@ def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
     user-fixable problem.
 
     Args:
-        cfg: Experiment config (or its :func:`~transunet.config.to_dict` form).
+        cfg: Experiment config, its :func:`~transunet.config.to_dict` form, or a YAML path /
+            packaged config name (``"synapse"``, ``"acdc"``, ``"demo"``).
         resume: Continue from ``checkpoints/last.pt`` of the run folder (model, optimizer,
             scaler, epoch, iteration, best score and RNG states).
         stop_after_epochs: Stop after this many epochs of this call, as an interruption at an
@@ -594,6 +595,8 @@ def train(cfg: ExperimentConfig | dict[str, Any], resume: bool = False, *,
     """
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)
+    elif isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg)
     if stop_after_epochs is not None and stop_after_epochs < 1:
         raise ConfigError(f"stop_after_epochs={stop_after_epochs} must be >= 1 or None.")
     device = resolve_device(cfg.device)
