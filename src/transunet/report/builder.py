@@ -90,11 +90,11 @@ _TEMPLATE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
         padding: 0 1em; color: #222; }}
 h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }}
 table {{ border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }}
-th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }}
+th, td {{ border: 1px solid #ccc; padding: .2em .5em; text-align: right; white-space: nowrap; }}
 .scroll {{ overflow-x: auto; }}
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
 tr.mean td {{ font-weight: bold; background: #fafafa; }} td.flag {{ background: #fff3e0; }}
