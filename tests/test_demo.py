@@ -32,7 +32,7 @@ def test_demo_writes_every_stage(tiny_demo: Path) -> None:
     record = json.loads((out / demo.MARKER).read_text())
     assert record["finished"] is True
     assert set(record["stages_s"]) == {"phantom", "prepare", "train", "evaluate_and_report"}
-    assert record["total_s"] >= sum(record["stages_s"].values()) - 1e-6
+    assert record["total_s"] >= sum(record["stages_s"].values()) - 0.05  # each value rounded to 0.01 s
     assert (out / "raw" / "RawData" / "Training" / "img").is_dir()
     info = json.loads((out / "data" / "dataset.json").read_text())
     run = Path(record["run"])

@@ -375,3 +375,16 @@ def test_report_renders_in_headless_chromium(fake_run: Path, tmp_path: Path) -> 
     broken.write_text("<html><body><script>undefinedFunction();</script></body></html>")
     _, stderr = run_chromium(broken, tmp_path)
     assert any("undefinedFunction" in ln for ln in console_errors(stderr))
+
+
+def test_saved_predictions_are_read_back_in_slice_first_order(tmp_path: Path) -> None:
+    from transunet.data.nifti import save_like
+
+    pred = np.random.default_rng(0).integers(0, 4, (5, 12, 9)).astype(np.uint8)
+    save_like(pred, None, tmp_path / "predictions" / "case0001.nii.gz")
+    case = {"case_id": "case0001", "prediction": "predictions/case0001.nii.gz"}
+    out = builder._saved_prediction(case, tmp_path, tmp_path / "run", pred.shape)
+    assert out is not None and np.array_equal(out, pred)
+    # a prediction of another shape, or none, falls back to predicting with the model
+    assert builder._saved_prediction(case, tmp_path, tmp_path, (5, 9, 12)) is None
+    assert builder._saved_prediction({"prediction": None}, tmp_path, tmp_path, pred.shape) is None
