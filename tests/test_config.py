@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from transunet.cli import main as cli_main
@@ -117,3 +118,17 @@ def test_cli_reports_config_errors_as_one_line(capsys: pytest.CaptureFixture[str
     assert err.startswith("error: config file") and err.count("\n") == 1
     assert cli_main(["train", "demo", "--set", "train.lrr=1"]) == 2
     assert "Did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_default_n_skip_is_the_models_own() -> None:
+    """n_skip: null builds pure ViT models (no CNN skips) and hybrids (3 skips) alike."""
+    from transunet import create_model
+
+    for name, expected in (("ViT-B_16", 0), ("TransUNet-Tiny", 3)):
+        cfg = load_config(None, [f"model.name={name}", "model.img_size=[32,48]"])
+        assert cfg.model.n_skip is None
+        with torch.device("meta"):
+            model = create_model(cfg.model.name, **cfg.model.model_kwargs())
+        assert model.model_kwargs["n_skip"] == expected
+    with pytest.raises(ConfigError, match="model.n_skip=4"):
+        load_config(None, ["model.n_skip=4"])

@@ -38,7 +38,8 @@ class ModelConfig:
         num_classes: Output classes including background.
         in_channels: Input channels (1 for CT/MRI slices).
         img_size: Network input (height, width); slices are resized to it.
-        n_skip: Number of CNN skip connections used by the decoder (0-3).
+        n_skip: Number of CNN skip connections used by the decoder (0-3); ``null`` takes the
+            model's default (3 with a CNN encoder, 0 for pure ViT models).
         dropout: Dropout on embeddings and transformer MLPs.
         attn_dropout: Dropout on attention weights.
         drop_path: Stochastic-depth rate of the transformer (0 disables).
@@ -50,7 +51,7 @@ class ModelConfig:
     num_classes: int = 9
     in_channels: int = 1
     img_size: tuple[int, int] = (224, 224)
-    n_skip: int = 3
+    n_skip: Union[int, None] = None
     dropout: float = 0.1
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -203,7 +204,8 @@ def validate(cfg: ExperimentConfig) -> None:
     rules = [
         ("model.num_classes", cfg.model.num_classes >= 2, ">= 2"),
         ("model.in_channels", cfg.model.in_channels in (1, 3), "1 or 3"),
-        ("model.n_skip", 0 <= cfg.model.n_skip <= 3, "between 0 and 3"),
+        ("model.n_skip", cfg.model.n_skip is None or 0 <= cfg.model.n_skip <= 3,
+         "between 0 and 3, or null for the model's default"),
         ("model.img_size", len(cfg.model.img_size) == 2 and min(cfg.model.img_size) > 0,
          "two positive integers (height, width)"),
         ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "in [0, 1)"),
