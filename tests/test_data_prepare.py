@@ -376,3 +376,21 @@ def test_bad_npz_and_h5_are_reported(btcv: tuple[Path, Path], tmp_path: Path) ->
         read_h5_volume(h5)
     with pytest.raises(DataError, match="not a dataset"):
         read_dataset_info(tmp_path)
+
+
+def test_failed_overwrite_keeps_earlier_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--overwrite that fails on a bad case never deletes the dataset it was replacing."""
+    raw = _good_btcv(tmp_path)
+    out = tmp_path / "out"
+    assert main(["prepare", "synapse", str(raw), str(out)]) == 0
+    before = _tree(out)
+    _corrupt(raw, "nan voxels")  # case 0005 now fails while it is loaded, after the header checks
+    assert main(["prepare", "synapse", str(raw), str(out), "--overwrite"]) == 2
+    assert "error: " in capsys.readouterr().err
+    after = _tree(out)
+    assert set(after) == set(before)  # nothing deleted, nothing half-written left behind
+    info = read_dataset_info(out)
+    for split in ("train", "val", "test"):
+        for case in info["splits"][split]:
+            if split != "train":
+                assert load_volume(out, split, case).image.shape[0] > 0

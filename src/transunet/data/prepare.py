@@ -473,6 +473,9 @@ def _process(args: tuple[CaseSpec, _Settings, str, str]) -> dict[str, Any]:
     spec, settings, out_s, fp = args
     out = Path(out_s)
     image, label, spacing = _load_case(spec, settings)
+    # A case being rewritten is unfinished until its new record lands: drop the old record first so
+    # an interruption half-way never leaves old and new files passing as one finished case.
+    (out / "cases" / f"{spec.case_id}.json").unlink(missing_ok=True)
     if spec.split == "train":
         for i in range(image.shape[0]):
             _save_npz(out / "train_npz" / f"{slice_name(spec.case_id, i)}.npz", image[i], label[i])
@@ -631,6 +634,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     todo = [s for s in specs if s.case_id not in done]
     if done:
         log.info("%d of %d case(s) already prepared; skipping them (use --overwrite to redo)", len(done), len(specs))
+    # Cases with complete output from an earlier run: a failure of this run must not delete them.
+    earlier = {s.case_id for s in todo if (out / "cases" / f"{s.case_id}.json").is_file()}
     try:
         tasks = [(s, settings, str(out), fp) for s in todo]
         bar = tqdm(total=len(specs), initial=len(done), desc=f"prepare {kind}", unit="case")
@@ -646,7 +651,7 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
                     done[rec["case_id"]] = rec
                     bar.update(1)
     except Exception:
-        _rollback(out, todo, slices, created_out)
+        _rollback(out, [s for s in todo if s.case_id not in earlier], slices, created_out)
         raise
 
     _remove_stale(out, specs, slices)
@@ -679,7 +684,11 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
 
 
 def _rollback(out: Path, todo: list[CaseSpec], slices: dict[str, int], created_out: bool) -> None:
-    """Remove what this run wrote for unfinished cases (and the output folder if it created it)."""
+    """Remove what this run wrote for cases that had no earlier output (and the folder if it created it).
+
+    Cases prepared by an earlier run keep their files (each written atomically): with
+    ``--overwrite`` a failure leaves them as they were or already replaced, never deleted.
+    """
     for s in todo:
         for p in _outputs(out, s.case_id, s.split, slices[s.case_id]) + [out / "cases" / f"{s.case_id}.json"]:
             p.unlink(missing_ok=True)
