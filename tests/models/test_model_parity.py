@@ -80,9 +80,9 @@ def test_npz_position_embeddings_resized_for_128() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "the 128 fixture's decoder/head weights were randomly initialised by the generating script "
-    "and are not shipped (only the 224 state dict is): its stored logits cannot be reproduced "
-    "from the files; the resize itself is checked above and the 224 cases pin the computation"))
+    "the 128 fixture's decoder/head weights are not shipped (there is no 128 state dict; they are "
+    "neither the 224 ones nor a seeded default init): its stored logits cannot be reproduced from "
+    "the files; the resize itself is checked above and the 224 cases pin the computation"))
 def test_google_npz_logits_128_stored() -> None:
     case = "tiny_r50_vit_128"
     model = case_model(case)
