@@ -132,3 +132,11 @@ def test_default_n_skip_is_the_models_own() -> None:
         assert model.model_kwargs["n_skip"] == expected
     with pytest.raises(ConfigError, match="model.n_skip=4"):
         load_config(None, ["model.n_skip=4"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_packaged_configs_equal_the_repository_ones(path: Path) -> None:
+    """configs/*.yaml and their copies shipped inside the package never drift apart."""
+    packaged = REPO / "src" / "transunet" / "configs" / path.name
+    assert packaged.is_file(), f"{path.name} is not shipped in src/transunet/configs/"
+    assert packaged.read_bytes() == path.read_bytes()
