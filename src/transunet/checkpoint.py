@@ -159,6 +159,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
+def checkpoint_img_size(ckpt: dict[str, Any], path: str | Path) -> tuple[int, int]:
+    """The network input ``(h, w)`` a checkpoint was made for.
+
+    Read from the model arguments, else from the experiment config it carries.
+
+    Args:
+        ckpt: A checkpoint dict from :func:`load_checkpoint` / :func:`model_from_checkpoint`.
+        path: Its file, named in the error message.
+    """
+    size = ckpt["model"]["kwargs"].get("img_size")
+    if size is None:
+        size = ((ckpt.get("config") or {}).get("model") or {}).get("img_size")
+    if size is None:
+        raise CheckpointError(f"checkpoint {path} records no img_size; re-save it with "
+                              "'transunet convert-weights --img-size H W'.")
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))
+
+
 def model_from_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:

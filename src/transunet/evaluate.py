@@ -38,29 +38,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from transunet.checkpoint import model_from_checkpoint
+from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
 from transunet.config import PROTOCOLS as CONFIG_PROTOCOLS
 from transunet.config import config_from_dict
+from transunet.data.synapse import display_columns
 from transunet.errors import CheckpointError, ConfigError, DataError, TransUNetError, check_choice
+from transunet.infer import predict_volume
 from transunet.metrics import NSD_TOLERANCE_MM, ClassMetrics, label_metrics, nan_to_none
-from transunet.paths import RunPaths
+from transunet.paths import RunPaths, run_folder_of
 from transunet.utils import atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
 
 #: Seed of the bootstrap resampling (fixed, so confidence intervals are reproducible).
 BOOTSTRAP_SEED = 0
-
-# The paper's column order and headers for the eight Synapse organs (display order, by name).
-_PAPER_COLUMNS = (
-    ("aorta", "Aorta"), ("gallbladder", "Gallbladder"), ("left kidney", "Kidney (L)"),
-    ("right kidney", "Kidney (R)"), ("liver", "Liver"), ("pancreas", "Pancreas"),
-    ("spleen", "Spleen"), ("stomach", "Stomach"),
-)
-_NAME_ALIASES = {"kidney l": "left kidney", "kidney left": "left kidney", "kidney (l)": "left kidney",
-                 "kidney r": "right kidney", "kidney right": "right kidney",
-                 "kidney (r)": "right kidney", "gall bladder": "gallbladder"}
-
 
 # ----------------------------------------------------------------------------- resolving inputs
 
@@ -87,27 +78,9 @@ def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
         raise CheckpointError(f"run folder {run} has no checkpoints/best.pt or checkpoints/last.pt; "
                               "train it first ('transunet train') or pass a checkpoint file.")
     if run.is_file():
-        root = run.parent.parent if run.parent.name == "checkpoints" else run.parent
-        return run, root
+        return run, run_folder_of(run)
     raise CheckpointError(f"{run} does not exist; pass a run folder (from 'transunet train') or a "
                           "checkpoint file.")
-
-
-def display_columns(class_names: Sequence[str]) -> list[tuple[int, str]]:
-    """Foreground classes in table order as ``(label, header)``.
-
-    The eight Synapse organs are printed in the paper's column order by name (aorta, gallbladder,
-    kidney L, kidney R, liver, pancreas, spleen, stomach); any other label set keeps label order.
-
-    Args:
-        class_names: Names of labels ``0..K-1`` (index 0 is background).
-    """
-    fg = [(i, str(n)) for i, n in enumerate(class_names) if i > 0]
-    norm = {" ".join(n.lower().replace("_", " ").split()): i for i, n in fg}
-    norm = {_NAME_ALIASES.get(k, k): v for k, v in norm.items()}
-    if sorted(norm) == sorted(k for k, _ in _PAPER_COLUMNS):
-        return [(norm[k], header) for k, header in _PAPER_COLUMNS]
-    return [(i, n[:1].upper() + n[1:]) for i, n in fg]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -356,18 +329,6 @@ def _check_model_vs_data(ckpt_path: Path, ckpt: dict[str, Any], model: Any, data
             "3-channel models): use a model with in_channels 1 or 3 on single-channel data.")
 
 
-def _img_size(ckpt: dict[str, Any], ckpt_path: Path) -> tuple[int, int]:
-    size = ckpt["model"]["kwargs"].get("img_size")
-    if size is None and ckpt.get("config"):
-        size = ckpt["config"].get("model", {}).get("img_size")
-    if size is None:
-        raise CheckpointError(f"checkpoint {ckpt_path} records no img_size; re-save it with "
-                              "'transunet convert-weights --img-size H W'.")
-    if isinstance(size, int):
-        return (size, size)
-    return (int(size[0]), int(size[1]))
-
-
 def evaluate(
     run: str | Path,
     *,
@@ -442,7 +403,7 @@ def evaluate(
     class_names = [str(n) for n in info["class_names"]]
     cases = list_cases(data_root, split)
     _check_model_vs_data(ckpt_path, ckpt, model, data_root, class_names, info)
-    img_size = _img_size(ckpt, ckpt_path)
+    img_size = checkpoint_img_size(ckpt, ckpt_path)
     bs = batch_size or (cfg.eval.batch_size if cfg else 16)
     resamples = cfg.eval.bootstrap if cfg else 1000
     out = Path(out_dir) if out_dir is not None else RunPaths(run_root).eval_dir(split)
@@ -473,7 +434,7 @@ def evaluate(
             if vol.label.size and int(vol.label.max()) >= len(class_names):
                 raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(vol.label.max())} "
                                 f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
-            pred = _predict(model, vol.image, img_size, bs, dev, tta)
+            pred = predict_volume(model, vol.image, img_size, batch_size=bs, device=dev, tta=tta)
             spacing = tuple(float(s) for s in vol.spacing) if vol.spacing is not None else None
             spacings[case_id] = spacing
             scored = label_metrics(pred, vol.label, classes, spacing, protocols=protocols,
@@ -539,23 +500,6 @@ def evaluate(
     if report:
         _make_report(run_root, data_root, split, device, out, custom_out=out_dir is not None)
     return out
-
-
-def _predict(model: Any, image: np.ndarray, img_size: tuple[int, int], batch_size: int,
-                       device: Any, tta: bool) -> np.ndarray:
-    """Label map of one normalised volume (the official slice-wise inference).
-
-    Args:
-        model: Model in eval mode.
-        image: ``(S, H, W)`` normalised image.
-        img_size: Network input ``(h, w)``.
-        batch_size: Slices per forward pass.
-        device: Model device.
-        tta: Flip test-time augmentation.
-    """
-    from transunet.infer import predict_volume
-
-    return predict_volume(model, image, img_size, batch_size=batch_size, device=device, tta=tta)  # type: ignore[return-value]
 
 
 def _existing_parent(path: Path) -> Path:

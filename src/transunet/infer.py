@@ -236,7 +236,7 @@ def predict_path(
     Returns:
         The written label files.
     """
-    from transunet.checkpoint import model_from_checkpoint
+    from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
     from transunet.data.nifti import load_nifti, save_like
     from transunet.data.normalize import check_normalization, normalize
     from transunet.utils import resolve_device
@@ -244,11 +244,7 @@ def predict_path(
     plan = plan_outputs(input, output, save_probabilities=save_probabilities, overwrite=overwrite)
     dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, device=dev)
-    size = ckpt["model"]["kwargs"].get("img_size") or ((ckpt.get("config") or {}).get("model") or {}).get("img_size")
-    if size is None:
-        raise CheckpointError(f"checkpoint {checkpoint} records no img_size; re-save it with "
-                              "'transunet convert-weights --img-size H W'.")
-    img_size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    img_size = checkpoint_img_size(ckpt, checkpoint)
     in_ch = int(getattr(model, "in_channels", 1))
     if in_ch not in (1, 3):
         raise CheckpointError(f"checkpoint {checkpoint} expects {in_ch} input channels; prediction on "

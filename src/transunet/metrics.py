@@ -448,14 +448,34 @@ def _label_counts(pred: np.ndarray, gt: np.ndarray, top: int) -> tuple[np.ndarra
     p_flat, g_flat = pred.reshape(-1), gt.reshape(-1)
     for s in range(0, p_flat.size, _CHUNK):
         p, g = p_flat[s:s + _CHUNK], g_flat[s:s + _CHUNK]
-        p, g = p[p <= top], g[g <= top]  # labels beyond the scored ones are not counted
-        n_p += np.bincount(p, minlength=top + 1)
-        n_g += np.bincount(g, minlength=top + 1)
-    for s in range(0, p_flat.size, _CHUNK):
-        p, g = p_flat[s:s + _CHUNK], g_flat[s:s + _CHUNK]
-        same = p[(p == g) & (p <= top)]
-        inter += np.bincount(same, minlength=top + 1)
+        inter += np.bincount(p[(p == g) & (p <= top)], minlength=top + 1)
+        n_p += np.bincount(p[p <= top], minlength=top + 1)  # labels beyond the scored ones are not counted
+        n_g += np.bincount(g[g <= top], minlength=top + 1)
     return inter, n_p, n_g
+
+
+def foreground_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of classes ``1..K-1`` on whole label maps with the corrected protocol's Dice rules.
+
+    A class missed by the prediction or predicted where absent scores 0; a class absent from both
+    is NaN (excluded). Labels ``>= K`` are not counted. No surfaces are computed, so this is cheap
+    enough for validation during training.
+
+    Args:
+        pred: Predicted labels, any shape.
+        gt: Ground-truth labels, same shape.
+        num_classes: ``K``, classes including background.
+
+    Returns:
+        ``(K-1,)`` float64 array.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}.")
+    inter, n_p, n_g = _label_counts(_check_labels(pred, "predicted"), _check_labels(gt, "reference"),
+                                    num_classes - 1)
+    inter, denom = inter[1:].astype(np.float64), (n_p[1:] + n_g[1:]).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2.0 * inter / denom, np.nan)
 
 
 def _check_labels(a: np.ndarray, name: str) -> np.ndarray:
@@ -539,6 +559,7 @@ __all__ = [
     "case_status",
     "corrected_metric",
     "dice",
+    "foreground_dice",
     "hd95",
     "label_metrics",
     "nan_to_none",

@@ -80,6 +80,16 @@ class RunPaths:
         return self.eval_dir(split) / "predictions"
 
 
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder a checkpoint file belongs to: ``RUN`` for ``RUN/checkpoints/x.pt``, else its folder.
+
+    Args:
+        checkpoint: Path of a checkpoint file.
+    """
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def run_paths(cfg: ExperimentConfig) -> RunPaths:
     """The run folder of ``cfg``: ``cfg.output_dir / cfg.name``."""
     return RunPaths(Path(cfg.output_dir) / cfg.name)

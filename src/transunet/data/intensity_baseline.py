@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from transunet.metrics import dice
+
 _LO, _HI, _BIN = -1024.0, 1600.0, 5.0
 
 
@@ -27,11 +29,6 @@ def _bins(hu: np.ndarray) -> np.ndarray:
 
 def _nbins() -> int:
     return int((_HI - _LO) // _BIN) + 1
-
-
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return float(2.0 * np.logical_and(pred, gt).sum() / s) if s else 1.0
 
 
 def fit_intensity_classifiers(train: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: int
@@ -94,7 +91,7 @@ def score_intensity_classifiers(model: dict[str, np.ndarray], test: Sequence[tup
                 else:
                     lo, hi = model["interval"][c]
                     pred = (b >= lo) & (b <= hi)
-                scores.append(_dice(pred, gt))
+                scores.append(dice(pred, gt))
             per_class.append(float(np.mean(scores)) if scores else float("nan"))
         out[name] = np.asarray(per_class)
     return out

@@ -8,6 +8,8 @@ order of the paper's tables). The split is the one of the official ``lists/lists
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 #: Raw BTCV label names, index = raw label value.
 BTCV_RAW_NAMES: tuple[str, ...] = (
     "background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver",
@@ -53,3 +55,35 @@ def synapse_case_name(btcv_id: str) -> str:
 def btcv_lut() -> list[int]:
     """Look-up table ``lut[raw] = synapse`` for raw labels 0..13."""
     return [BTCV_TO_SYNAPSE.get(i, 0) for i in range(len(BTCV_RAW_NAMES))]
+
+
+#: The paper's table columns for the eight Synapse organs (alphabetical display order, by name).
+PAPER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("aorta", "Aorta"), ("gallbladder", "Gallbladder"), ("left kidney", "Kidney (L)"),
+    ("right kidney", "Kidney (R)"), ("liver", "Liver"), ("pancreas", "Pancreas"),
+    ("spleen", "Spleen"), ("stomach", "Stomach"),
+)
+_ORGAN_ALIASES = {"kidney l": "left kidney", "kidney left": "left kidney", "kidney r": "right kidney",
+                  "kidney right": "right kidney", "gall bladder": "gallbladder"}
+
+
+def _organ_key(name: str) -> str:
+    key = " ".join(str(name).lower().replace("_", " ").replace("-", " ").replace("(", " ")
+                   .replace(")", " ").split())
+    return _ORGAN_ALIASES.get(key, key)
+
+
+def display_columns(class_names: Sequence[str]) -> list[tuple[int, str]]:
+    """Foreground classes in table order as ``(label, header)``.
+
+    The eight Synapse organs are printed in the paper's column order by name (aorta, gallbladder,
+    kidney L, kidney R, liver, pancreas, spleen, stomach); any other label set keeps label order.
+
+    Args:
+        class_names: Names of labels ``0..K-1`` (index 0 is background).
+    """
+    fg = [(i, str(n)) for i, n in enumerate(class_names) if i > 0]
+    keys = {_organ_key(n): i for i, n in fg}
+    if sorted(keys) == sorted(k for k, _ in PAPER_COLUMNS):
+        return [(keys[k], header) for k, header in PAPER_COLUMNS]
+    return [(i, n[:1].upper() + n[1:]) for i, n in fg]

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from transunet.checkpoint import checkpoint_img_size
 from transunet.errors import DataError, TransUNetError
-from transunet.paths import RunPaths
+from transunet.paths import RunPaths, run_folder_of
 from transunet.report import attention as att
 from transunet.report import plots, tables
 from transunet.utils import atomic_write_text, resolve_device
@@ -41,7 +42,7 @@ def resolve_run(run: str | Path) -> Path:
     """
     run = Path(run)
     if run.is_file():
-        return run.parent.parent if run.parent.name == "checkpoints" else run.parent
+        return run_folder_of(run)
     if not run.is_dir():
         raise DataError(f"run folder {run} does not exist; pass the folder written by 'transunet train'.")
     return run
@@ -262,7 +263,7 @@ def make_report(
         ("cases", summ.get("n_cases", len(summ.get("cases", [])))),
         ("checkpoint", summ.get("checkpoint") or ckpt_path),
         ("model", f"{model_name} ({n_params:,} parameters)" if model_name else None),
-        ("input size", "×".join(map(str, _img_size(model, ckpt))) if model is not None else None),
+        ("input size", "×".join(map(str, checkpoint_img_size(ckpt, ckpt_path))) if model is not None else None),
         ("data", summ.get("data_root") or data_root),
         ("written", _dt.datetime.now().isoformat(timespec="seconds")),
     ])
@@ -326,7 +327,7 @@ def make_report(
             elif model is not None:
                 from transunet.infer import predict_volume
 
-                pred_slices = predict_volume(model, vol.image[idx], _img_size(model, ckpt), device=dev)
+                pred_slices = predict_volume(model, vol.image[idx], checkpoint_img_size(ckpt, ckpt_path), device=dev)
             else:
                 sec.body.append(_note(f"{case_id}: no saved prediction and no checkpoint to predict with."))
                 continue
@@ -357,7 +358,7 @@ def make_report(
         point = att.query_point(label == organ)
         organ_name = class_names[organ] if organ < len(class_names) else f"class {organ}"
         try:
-            res = att.slice_attention(model, image, point, _img_size(model, ckpt), dev)
+            res = att.slice_attention(model, image, point, checkpoint_img_size(ckpt, ckpt_path), dev)
         except (TypeError, TransUNetError) as e:
             sec.body.append(_note(f"{model_name} did not return attention maps ({e})."))
         else:
@@ -381,17 +382,6 @@ def make_report(
     steps.close()
     log.info("report written to %s", index)
     return index
-
-
-def _img_size(model: Any, ckpt: dict[str, Any] | None) -> tuple[int, int]:
-    size = getattr(model, "img_size", None)
-    if size is None and ckpt is not None:
-        size = ckpt["model"]["kwargs"].get("img_size")
-    if size is None:
-        raise TransUNetError("the model does not state its input size (model.img_size).")
-    if isinstance(size, int):
-        return (size, size)
-    return (int(size[0]), int(size[1]))
 
 
 def _run_config(paths: RunPaths, ckpt: dict[str, Any] | None) -> Any:

@@ -21,12 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transunet.data.synapse import display_columns
 from transunet.errors import DataError
-
-# The paper's column order for the Synapse organs (alphabetical display order, not label order).
-_PAPER_ORDER = ("aorta", "gallbladder", "kidney l", "kidney r", "liver", "pancreas", "spleen", "stomach")
-_ALIASES = {"left kidney": "kidney l", "kidney left": "kidney l", "right kidney": "kidney r",
-            "kidney right": "kidney r", "gall bladder": "gallbladder"}
 
 PROTOCOL_TITLES = {
     "official": "Official protocol (as published: HD95 in voxels, a missed organ scores Dice 0 and "
@@ -35,12 +31,6 @@ PROTOCOL_TITLES = {
     "corrected": "Corrected protocol (HD95 in mm, a missed organ scores Dice 0 and counts as an HD95 "
                  "failure, organs absent in both are excluded)",
 }
-
-
-def _norm(name: str) -> str:
-    n = " ".join(str(name).lower().replace("_", " ").replace("-", " ").replace("(", " ")
-                 .replace(")", " ").split())
-    return _ALIASES.get(n, n)
 
 
 def display_order(class_names: Sequence[str]) -> list[str]:
@@ -52,11 +42,7 @@ def display_order(class_names: Sequence[str]) -> list[str]:
     Args:
         class_names: Names of labels ``0..C-1`` (index 0 is background).
     """
-    fg = list(class_names[1:])
-    normed = [_norm(n) for n in fg]
-    if sorted(normed) == sorted(_PAPER_ORDER):
-        return [fg[normed.index(p)] for p in _PAPER_ORDER]
-    return fg
+    return [class_names[i] for i, _ in display_columns(class_names)]
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:

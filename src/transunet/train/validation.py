@@ -27,35 +27,10 @@ import torch
 from torch import nn
 
 from transunet.infer import predict_volume
+from transunet.metrics import foreground_dice
 from transunet.train.distributed import DistInfo, all_gather_objects
 
 log = logging.getLogger(__name__)
-
-
-def foreground_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of classes ``1..K-1`` on whole volumes (NaN where a class is absent from both).
-
-    Args:
-        pred: Predicted labels, any shape.
-        gt: Ground-truth labels, same shape.
-        num_classes: ``K``, classes including background.
-
-    Returns:
-        ``(K-1,)`` float64 array.
-    """
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}.")
-    p = np.clip(pred.astype(np.int64).ravel(), 0, num_classes)  # values >= K land in an extra bin
-    g = np.clip(gt.astype(np.int64).ravel(), 0, num_classes)
-    n = num_classes + 1
-    conf = np.bincount(g * n + p, minlength=n * n).reshape(n, n)  # conf[gt, pred]
-    inter = np.diag(conf)[1:num_classes].astype(np.float64)
-    size_p = conf.sum(axis=0)[1:num_classes].astype(np.float64)
-    size_g = conf.sum(axis=1)[1:num_classes].astype(np.float64)
-    denom = size_p + size_g
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(denom > 0, 2.0 * inter / denom, np.nan)
-    return out
 
 
 def summarize(per_case: dict[str, Sequence[float]], class_names: Sequence[str]) -> dict[str, Any]:
