@@ -48,14 +48,16 @@ import torch
 from torch import nn
 
 from transunet.errors import did_you_mean
-from transunet.models.base import FeatureInfo, SegmentationModel, check_args, check_img_size, check_int
+from transunet.models.base import (FeatureInfo, SegmentationModel, check_args, check_img_size,
+                                   check_int)
 from transunet.registry import register_model
 from transunet.utils import as_pair
 from transunet.weights import ConvertedWeights, ForeignWeights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARCH", "NORMS", "ConvNormNonlin", "StackedConvs", "UNetPlusPlus", "nnunet_widths", "unet_plusplus"]
+__all__ = ["ARCH", "NORMS", "ConvNormNonlin", "StackedConvs", "UNetPlusPlus", "nnunet_widths",
+           "unet_plusplus"]
 
 #: Normalisations a block may use (``instance`` is the official one).
 NORMS = ("instance", "batch")
@@ -76,7 +78,8 @@ class ConvNormNonlin(nn.Module):
         norm: One of :data:`NORMS`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: str = "instance") -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 norm: str = "instance") -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=True)
         self.instnorm: nn.Module
@@ -92,7 +95,7 @@ class ConvNormNonlin(nn.Module):
 
 
 class StackedConvs(nn.Module):
-    """``num_convs`` blocks in ``self.blocks``; only the first one strided (nnU-Net's ``StackedConvLayers``).
+    """``num_convs`` blocks in ``self.blocks``, the first strided (nnU-Net ``StackedConvLayers``).
 
     Args:
         in_channels: Input channels.
@@ -117,13 +120,13 @@ class StackedConvs(nn.Module):
 
 
 def _two_stacks(in_channels: int, out_channels: int, first_stride: int, norm: str) -> nn.Sequential:
-    """Two single-block stacks (children ``0`` and ``1``): the official bottleneck and decoder node."""
+    """Two single-block stacks (children ``0``, ``1``): the official bottleneck and decoder node."""
     return nn.Sequential(StackedConvs(in_channels, out_channels, 1, first_stride, norm),
                          StackedConvs(out_channels, out_channels, 1, 1, norm))
 
 
 def nnunet_widths(base_features: int, max_features: int, num_pool: int) -> tuple[int, ...]:
-    """Widths of levels ``0..num_pool``: ``base * 2**i`` capped at ``max_features`` (nnU-Net's rule).
+    """Widths of levels ``0..num_pool``: ``base * 2**i`` capped at ``max_features`` (nnU-Net).
 
     Args:
         base_features: Width of level 0.
@@ -146,7 +149,7 @@ class UNetPlusPlus(SegmentationModel):
     Args:
         num_classes: Output classes including background.
         in_channels: Input channels.
-        img_size: ``H`` or ``(H, W)``, multiples of ``2**num_pool`` (any such size works at run time).
+        img_size: ``H`` or ``(H, W)``, multiples of ``2**num_pool`` (any such size runs).
         features: Width of each level ``0..num_pool`` (``num_pool + 1`` entries).
         deep_supervision: Build one head per column and return the list
             ``[x(0,L), x(0,L-1), ..., x(0,1)]`` heads in training mode (full depth first).
@@ -163,9 +166,11 @@ class UNetPlusPlus(SegmentationModel):
     fixed_input_size = False
     attention_kind = None
 
-    def __init__(self, *, num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                 features: Sequence[int] = (32, 64, 128, 256, 480, 480), deep_supervision: bool = True,
-                 prune_level: int | None = None, norm: str = "instance") -> None:
+    def __init__(self, *, num_classes: int = 9, in_channels: int = 1,
+                 img_size: int | Sequence[int] = 224,
+                 features: Sequence[int] = (32, 64, 128, 256, 480, 480),
+                 deep_supervision: bool = True, prune_level: int | None = None,
+                 norm: str = "instance") -> None:
         num_pool = len(features) - 1
         super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
                          size_multiple=2 ** num_pool)
@@ -179,14 +184,15 @@ class UNetPlusPlus(SegmentationModel):
             [StackedConvs(in_channels if i == 0 else w[i - 1], w[i], 2, 1 if i == 0 else 2, norm)
              for i in range(L)] + [_two_stacks(w[L - 1], w[L], 2, norm)])
         for k in range(L):
-            # loc{k}[m] is node x(i, j) with i = L-1-k-m, j = m+1: j earlier nodes + 1 upsampled map.
+            # loc{k}[m] is node x(i, j), i = L-1-k-m, j = m+1: j earlier nodes + 1 upsampled map.
             nodes = [(L - 1 - k - m, m + 1) for m in range(L - k)]
             setattr(self, f"loc{k}", nn.ModuleList(
                 [_two_stacks(w[i] * (j + 1), w[i], 1, norm) for i, j in nodes]))
             setattr(self, f"up{k}", nn.ModuleList(
                 [nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2, bias=False) for i, _ in nodes]))
         n_heads = L if self.deep_supervision else 1
-        self.seg_outputs = nn.ModuleList([nn.Conv2d(w[0], num_classes, 1, bias=False) for _ in range(n_heads)])
+        self.seg_outputs = nn.ModuleList(
+            [nn.Conv2d(w[0], num_classes, 1, bias=False) for _ in range(n_heads)])
         self.apply(_init_he)
 
     def feature_info(self) -> list[FeatureInfo]:
@@ -211,7 +217,8 @@ class UNetPlusPlus(SegmentationModel):
         Raises:
             ValueError: Level outside ``1..num_pool``, or pruning without deep supervision heads.
         """
-        self.prune_level = _check_prune_level(self.model_name, level, self.num_pool, self.deep_supervision)
+        self.prune_level = _check_prune_level(self.model_name, level, self.num_pool,
+                                              self.deep_supervision)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Nested encoder-decoder.
@@ -232,13 +239,15 @@ class UNetPlusPlus(SegmentationModel):
             for j in range(1, i + 1):
                 r = i - j  # node x(r, j) needs x(r+1, j-1), finished on this diagonal
                 up = self.upsampler(r, j)(nodes[r + 1, j - 1])  # (B, w_r, H / 2**r, W / 2**r)
-                nodes[r, j] = self.node(r, j)(torch.cat([nodes[r, c] for c in range(j)] + [up], dim=1))
+                dense = torch.cat([nodes[r, c] for c in range(j)] + [up], 1)  # (B, (j+1) w_r, h, w)
+                nodes[r, j] = self.node(r, j)(dense)
         if ds:
             return [self.head(j)(nodes[0, j]) for j in range(self.num_pool, 0, -1)]
         return self.head(depth)(nodes[0, depth])
 
     def profile_parts(self) -> list[tuple[str, str]]:
-        """``encoder`` (``conv_blocks_context``), ``decoder`` (``loc*``, ``up*``), ``head`` (``seg_outputs``)."""
+        """``encoder`` (``conv_blocks_context``), ``decoder`` (``loc*``, ``up*``), ``head``
+        (``seg_outputs``)."""
         return ([("encoder", "conv_blocks_context")]
                 + [("decoder", f"{p}{k}") for p in ("loc", "up") for k in range(self.num_pool)]
                 + [("head", "seg_outputs")])
@@ -246,7 +255,7 @@ class UNetPlusPlus(SegmentationModel):
     # ------------------------------------------------------------------ foreign weights
 
     def convert_state_dict(self, weights: ForeignWeights) -> ConvertedWeights:
-        """Official ``Generic_UNetPlusPlus`` state dicts load unchanged (names are the official ones).
+        """Official ``Generic_UNetPlusPlus`` state dicts load unchanged (official names).
 
         Without deep supervision this model has only the final head (``seg_outputs.0``); the
         auxiliary heads ``seg_outputs.1..`` of an official file are dropped (logged).
@@ -256,16 +265,19 @@ class UNetPlusPlus(SegmentationModel):
         aux = [k for k in sd if k.startswith("seg_outputs.") and k not in own
                and k.split(".")[1].isdigit() and int(k.split(".")[1]) < self.num_pool]
         if aux and not self.deep_supervision:
-            log.info("%s: auxiliary heads dropped (deep_supervision=False): %s", weights.source, ", ".join(aux))
+            log.info("%s: auxiliary heads dropped (deep_supervision=False): %s", weights.source,
+                     ", ".join(aux))
             for k in aux:
                 del sd[k]
         return ConvertedWeights(sd, list(converted.unused))
 
-    def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+    def explain_mismatch(self, key: str, file_shape: tuple[int, ...],
+                         model_shape: tuple[int, ...]) -> str | None:
         """Width mismatches name ``features`` (official: 32..480 widths from base 32, cap 480)."""
         if key.startswith("seg_outputs.") and file_shape[:1] != model_shape[:1]:
             return None
-        return (f"the file was made with other level widths (this model: features={list(self.features)}); "
+        return (f"the file was made with other level widths (this model: "
+                f"features={list(self.features)}); "
                 "set model.args.features (or base_features/max_features) to the file's")
 
     def explain_keys(self, keys: Sequence[str]) -> str | None:
@@ -273,11 +285,12 @@ class UNetPlusPlus(SegmentationModel):
         if any(k.startswith("seg_outputs.") for k in keys) and all(
                 k.startswith("seg_outputs.") for k in keys):
             return f"a model with deep_supervision={not self.deep_supervision}"
-        return f"a UNet++ of another depth (this model: num_pool={self.num_pool}) or another architecture"
+        return (f"a UNet++ of another depth (this model: num_pool={self.num_pool}) "
+                "or another architecture")
 
 
 def _init_he(module: nn.Module) -> None:
-    """nnU-Net's ``InitWeights_He(1e-2)``: Kaiming normal (``a = 0.01``, fan in) weights, zero biases."""
+    """nnU-Net's ``InitWeights_He(1e-2)``: Kaiming normal (``a = 0.01``, fan in), zero biases."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.kaiming_normal_(module.weight, a=1e-2)
         if module.bias is not None:
@@ -286,7 +299,8 @@ def _init_he(module: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- entry point
 
-#: The official architecture arguments (nnU-Net 2D: base 32, cap 480, 5 pools; trainer: deep supervision).
+#: The official architecture arguments (nnU-Net 2D: base 32, cap 480, 5 pools; the trainer's
+#: deep supervision); the defaults of :func:`unet_plusplus`.
 ARCH: dict[str, Any] = {
     "base_features": 32,
     "max_features": 480,
@@ -299,74 +313,81 @@ ARCH: dict[str, Any] = {
 
 
 def _check_prune_level(model: str, level: Any, num_pool: int, deep_supervision: bool) -> int:
+    """``prune_level`` as an int in ``1..num_pool`` (``None``: ``num_pool``); one-line errors."""
     if level is None:
         return num_pool
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= num_pool:
-        closest = min(max(int(level), 1), num_pool) if isinstance(level, (int, float)) and not isinstance(
-            level, bool) else num_pool
+        number = isinstance(level, (int, float)) and not isinstance(level, bool)
+        closest = min(max(int(level), 1), num_pool) if number else num_pool
         raise ValueError(f"prune_level={level!r} is invalid for {model}: it must be an integer in "
                          f"1..num_pool={num_pool} or null (full depth); closest valid: {closest}.")
     if level < num_pool and not deep_supervision:
-        raise ValueError(f"prune_level={level} is invalid for {model}: pruning predicts from an auxiliary "
-                         "head, which exists only with deep_supervision=true; closest valid: null "
-                         "(or set deep_supervision: true).")
+        raise ValueError(f"prune_level={level} is invalid for {model}: pruning predicts from an "
+                         "auxiliary head, which exists only with deep_supervision=true; closest "
+                         "valid: null (or set deep_supervision: true).")
     return int(level)
 
 
 @register_model(name="UNetPlusPlus")
 def unet_plusplus(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                  **kwargs: Any) -> UNetPlusPlus:
-    """UNet++ (nnU-Net ``Generic_UNetPlusPlus``, 2D): widths 32, 64, 128, 256, 480, 480 by default.
+                  base_features: int = 32, max_features: int = 480, num_pool: int | None = None,
+                  features: Sequence[int] | None = None, deep_supervision: bool = True,
+                  prune_level: int | None = None, norm: str = "instance",
+                  **unknown: Any) -> UNetPlusPlus:
+    """UNet++ (nnU-Net ``Generic_UNetPlusPlus``, 2D); official widths 32, 64, 128, 256, 480, 480.
 
     Args:
         num_classes: Output classes including background.
         in_channels: Input channels.
         img_size: ``H`` or ``(H, W)``, multiples of ``2**num_pool``.
-        **kwargs: Architecture arguments (``model.args``), defaults in :data:`ARCH`:
-            ``base_features`` (32) and ``max_features`` (480): widths ``base * 2**i`` capped;
-            ``num_pool`` (5): number of downsamplings; ``features`` (null): explicit widths of
-            levels ``0..num_pool`` (``num_pool + 1`` entries, overrides base/max);
-            ``deep_supervision`` (true); ``prune_level`` (null = ``num_pool``): evaluate UNet++ L^p;
-            ``norm`` (``"instance"`` or ``"batch"``).
+        base_features: Width of level 0; level ``i`` has ``base * 2**i`` ...
+        max_features: ... capped at this (nnU-Net 2D: 480).
+        num_pool: Number of downsamplings (null: 5, or ``len(features) - 1``).
+        features: Explicit widths of levels ``0..num_pool`` (overrides base/max).
+        deep_supervision: One head per column; training returns their list (full depth first).
+        prune_level: Evaluate the pruned UNet++ L^p from the head on ``x(0, p)`` (null: full).
+        norm: ``"instance"`` (official) or ``"batch"``.
+        **unknown: Refused with the accepted names.
     """
     name = "UNetPlusPlus"
-    check_args(name, kwargs, list(ARCH))
-    args = {**ARCH, **kwargs}
+    check_args(name, unknown, list(ARCH))
     num_classes = check_int(name, "num_classes", num_classes)
     in_channels = check_int(name, "in_channels", in_channels)
-    num_pool = check_int(name, "num_pool", args["num_pool"])
-    base = check_int(name, "base_features", args["base_features"])
-    cap = check_int(name, "max_features", args["max_features"])
-    if args["features"] is None:
-        features = nnunet_widths(base, cap, num_pool)
+    base = check_int(name, "base_features", base_features)
+    cap = check_int(name, "max_features", max_features)
+    feats = features
+    if feats is not None and (isinstance(feats, (str, bytes)) or not isinstance(feats, Sequence)):
+        raise ValueError(f"features={feats!r} is invalid for {name}: it must be a list of one "
+                         f"width per level 0..num_pool, e.g. {list(nnunet_widths(32, 480, 5))}.")
+    if num_pool is None:
+        num_pool = 5 if feats is None else len(feats) - 1  # the depth follows given widths
+    num_pool = check_int(name, "num_pool", num_pool)
+    if feats is None:
+        widths = nnunet_widths(base, cap, num_pool)
     else:
-        feats = args["features"]
-        if isinstance(feats, (str, bytes)) or not isinstance(feats, Sequence):
-            raise ValueError(f"features={feats!r} is invalid for {name}: it must be a list of "
-                             f"num_pool+1={num_pool + 1} integers (one width per level), e.g. "
-                             f"{list(nnunet_widths(32, 480, num_pool))}.")
         if len(feats) != num_pool + 1:
-            raise ValueError(f"features={list(feats)!r} is invalid for {name}: it needs num_pool+1="
-                             f"{num_pool + 1} entries (one width per level 0..{num_pool}), got {len(feats)}; "
-                             f"closest valid: {list(feats[:num_pool + 1]) + [feats[-1]] * (num_pool + 1 - len(feats))}"
-                             f" (or set num_pool={len(feats) - 1}).")
-        features = tuple(check_int(name, f"features[{n}]", f) for n, f in enumerate(feats))
-    if not isinstance(args["deep_supervision"], bool):
-        raise ValueError(f"deep_supervision={args['deep_supervision']!r} is invalid for {name}: it must be "
-                         "true or false; closest valid: true.")
-    prune = _check_prune_level(name, args["prune_level"], num_pool, args["deep_supervision"])
-    norm = args["norm"]
+            raise ValueError(f"features={list(feats)!r} is invalid for {name}: num_pool={num_pool} "
+                             f"needs num_pool+1={num_pool + 1} entries (one width per level "
+                             f"0..{num_pool}), got {len(feats)}; closest valid: "
+                             f"{list(nnunet_widths(feats[0], max(feats), num_pool))} (or omit "
+                             "num_pool).")
+        widths = tuple(check_int(name, f"features[{n}]", f) for n, f in enumerate(feats))
+    ds = deep_supervision
+    if not isinstance(ds, bool):
+        raise ValueError(f"deep_supervision={ds!r} is invalid for {name}: it must be true or "
+                         "false; closest valid: true.")
+    prune = _check_prune_level(name, prune_level, num_pool, ds)
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is invalid for {name}: choose one of {', '.join(map(repr, NORMS))}."
-                         + did_you_mean(str(norm), NORMS))
+        raise ValueError(f"norm={norm!r} is invalid for {name}: choose one of "
+                         f"{', '.join(map(repr, NORMS))}." + did_you_mean(str(norm), NORMS))
     size = check_img_size(name, as_pair(img_size, "img_size"), 2 ** num_pool)
-    model = UNetPlusPlus(num_classes=num_classes, in_channels=in_channels, img_size=size, features=features,
-                         deep_supervision=args["deep_supervision"],
+    model = UNetPlusPlus(num_classes=num_classes, in_channels=in_channels, img_size=size,
+                         features=widths, deep_supervision=ds,
                          prune_level=None if prune == num_pool else prune, norm=norm)
     model.model_kwargs = {
         "num_classes": num_classes, "in_channels": in_channels, "img_size": size,
         "base_features": base, "max_features": cap, "num_pool": num_pool,
-        "features": None if args["features"] is None else features,
-        "deep_supervision": args["deep_supervision"], "prune_level": args["prune_level"], "norm": norm,
+        "features": None if feats is None else widths,
+        "deep_supervision": ds, "prune_level": prune_level, "norm": norm,
     }
     return model
