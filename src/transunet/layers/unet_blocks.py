@@ -48,10 +48,14 @@ def make_norm(kind: str | None, channels: int) -> nn.Module | None:
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "group":
         return nn.GroupNorm(math.gcd(32, channels), channels)
-    raise ValueError(f"norm={kind!r} is not valid; choose one of {', '.join(map(repr, NORMS))} or None.")
+    raise ValueError(
+        f"norm={kind!r} is not valid; choose one of {', '.join(map(repr, NORMS))} or None."
+    )
 
 
-def _conv_norm_relu(in_channels: int, out_channels: int, norm: str | None, bias: bool) -> nn.Sequential:
+def _conv_norm_relu(
+    in_channels: int, out_channels: int, norm: str | None, bias: bool
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)]
     n = make_norm(norm, out_channels)
     if n is not None:
@@ -70,7 +74,9 @@ class DoubleConv(nn.Module):
         bias: Convolution bias (redundant before a norm; the official Attention U-Net keeps it).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str | None = "batch", bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: str | None = "batch", bias: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = _conv_norm_relu(in_channels, out_channels, norm, bias)
         self.conv2 = _conv_norm_relu(out_channels, out_channels, norm, bias)
@@ -81,7 +87,7 @@ class DoubleConv(nn.Module):
 
 
 class GridAttentionGate(RecordsAttention):
-    """Additive grid attention gate ``W(alpha * x)`` with ``alpha = sigma(psi(ReLU(theta x + phi g)))``.
+    """Grid attention gate ``W(alpha * x)``, ``alpha = sigma(psi(ReLU(theta x + phi g)))``.
 
     As the official ``GridAttentionBlock2D``:
 
@@ -100,16 +106,24 @@ class GridAttentionGate(RecordsAttention):
     Args:
         in_channels: Channels of the gated feature ``x``.
         gating_channels: Channels of the gating signal ``g``.
-        inter_channels: Channels of ``theta x``/``phi g`` (default ``in_channels // 2``, at least 1).
+        inter_channels: Channels of ``theta x``/``phi g`` (default ``in_channels // 2``, min 1).
         sub_sample: Kernel and stride of ``theta`` (int or pair).
         mode: One of :data:`GATE_MODES`.
     """
 
-    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int | None = None,
-                 sub_sample: int | tuple[int, int] = 2, mode: str = "concatenation") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        gating_channels: int,
+        inter_channels: int | None = None,
+        sub_sample: int | tuple[int, int] = 2,
+        mode: str = "concatenation",
+    ) -> None:
         super().__init__()
         if mode not in GATE_MODES:
-            raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(map(repr, GATE_MODES))}.")
+            raise ValueError(
+                f"mode={mode!r} is not valid; choose one of {', '.join(map(repr, GATE_MODES))}."
+            )
         inter = inter_channels if inter_channels is not None else max(in_channels // 2, 1)
         factor = as_pair(sub_sample, "sub_sample")
         self.mode = mode
@@ -129,7 +143,9 @@ class GridAttentionGate(RecordsAttention):
             ``(W(alpha * x), alpha)``: ``(B, in_channels, H, W)`` and ``(B, 1, H, W)``.
         """
         theta_x = self.theta(x)  # (B, I, H/s, W/s)
-        phi_g = F.interpolate(self.phi(g), size=theta_x.shape[2:], mode="bilinear", align_corners=False)
+        phi_g = F.interpolate(
+            self.phi(g), size=theta_x.shape[2:], mode="bilinear", align_corners=False
+        )
         if self.mode == "concatenation_debug":
             f = F.softplus(theta_x + phi_g)
         else:
@@ -140,7 +156,9 @@ class GridAttentionGate(RecordsAttention):
             alpha = F.softmax(score.reshape(b, 1, -1), dim=2).reshape(score.shape)
         else:
             alpha = torch.sigmoid(score)
-        alpha = F.interpolate(alpha, size=x.shape[2:], mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        alpha = F.interpolate(
+            alpha, size=x.shape[2:], mode="bilinear", align_corners=False
+        )  # (B, 1, H, W)
         if self.recording:
             self.record(alpha)
         return self.W(alpha * x), alpha
