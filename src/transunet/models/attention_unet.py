@@ -8,9 +8,8 @@ The repository has no 2D Attention U-Net network; its ``unet_grid_attention_3D``
 (3, 3, 1) kernels, (2, 2, 1) max-pooling and trilinear (2, 2, 1) upsampling act on H and W only
 (trilinear on a depth of 1 is bilinear, ``align_corners=False``). This file is that network in
 ``Conv2d``; its official state dicts load unchanged through
-:func:`transunet.weights.load_pretrained`
-(the converter drops the trailing depth axis of the 5-D kernels) and reproduce the official logits
-(``tests/models/test_attention_unet.py``).
+:func:`transunet.weights.load_pretrained` (the converter drops the trailing depth axis of the 5-D
+kernels) and reproduce the official logits (``tests/models/test_attention_unet.py``).
 
 Network (widths ``w = [64, 128, 256, 512, 1024] / feature_scale``):
 

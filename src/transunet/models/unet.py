@@ -4,14 +4,13 @@ Paper: https://arxiv.org/abs/1505.04597 — the official code is Caffe only; the
 PyTorch U-Net and no parity fixture. This is the standard modern 2D form:
 
 * each level: two padded ``3x3 conv -> norm -> ReLU``
-  (:class:`~transunet.layers.unet_blocks.DoubleConv`),
-  widths ``features`` (default 64, 128, 256, 512, 1024; depth = ``len(features)``), 2x2 max-pool
-  between levels;
+  (:class:`~transunet.layers.unet_blocks.DoubleConv`), widths ``features`` (default 64, 128,
+  256, 512, 1024; depth = ``len(features)``), 2x2 max-pool between levels;
 * dropout (``dropout``) at the end of the contracting path (on the bottleneck), as the paper;
 * decoder: upsampling x2 halving the channels — a 2x2 stride-2 transposed conv
-  (``upsample="deconv"``,
-  the paper's "up-convolution") or bilinear x2 (``align_corners=False``) followed by a 1x1 conv
-  (``upsample="bilinear"``) — ``cat([skip, up])``, two ``conv -> norm -> ReLU``;
+  (``upsample="deconv"``, the paper's "up-convolution") or bilinear x2 (``align_corners=False``)
+  followed by a 1x1 conv (``upsample="bilinear"``) — ``cat([skip, up])``, two
+  ``conv -> norm -> ReLU``;
 * ``head``: 1x1 conv to ``num_classes``.
 
 Parameters at 224x224, 1 -> 9 classes (parameter counts do not depend on the input size):
