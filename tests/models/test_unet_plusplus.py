@@ -106,6 +106,9 @@ def test_width_mismatch_is_explained() -> None:
     model = create_model("UNetPlusPlus", num_classes=9, img_size=64, base_features=8)
     with pytest.raises(CheckpointError, match="features="):
         load_pretrained(model, DATA / f"{CASE}_official_state_dict.pth")
+    model = create_model("UNetPlusPlus", num_classes=9, in_channels=3, img_size=64, **TINY)
+    with pytest.raises(CheckpointError, match="in_channels=1"):
+        load_pretrained(model, DATA / f"{CASE}_official_state_dict.pth")
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

@@ -246,8 +246,7 @@ class UNetPlusPlus(SegmentationModel):
         return self.head(depth)(nodes[0, depth])
 
     def profile_parts(self) -> list[tuple[str, str]]:
-        """``encoder`` (``conv_blocks_context``), ``decoder`` (``loc*``, ``up*``), ``head``
-        (``seg_outputs``)."""
+        """Parts: encoder (``conv_blocks_context``), decoder (``loc*``, ``up*``), head."""
         return ([("encoder", "conv_blocks_context")]
                 + [("decoder", f"{p}{k}") for p in ("loc", "up") for k in range(self.num_pool)]
                 + [("head", "seg_outputs")])
@@ -273,9 +272,12 @@ class UNetPlusPlus(SegmentationModel):
 
     def explain_mismatch(self, key: str, file_shape: tuple[int, ...],
                          model_shape: tuple[int, ...]) -> str | None:
-        """Width mismatches name ``features`` (official: 32..480 widths from base 32, cap 480)."""
+        """Input-channel and width mismatches (official widths: base 32, cap 480)."""
         if key.startswith("seg_outputs.") and file_shape[:1] != model_shape[:1]:
-            return None
+            return None  # the generic num_classes message
+        if key == "conv_blocks_context.0.blocks.0.conv.weight" and file_shape[0] == model_shape[0]:
+            return (f"the file was made for in_channels={file_shape[1]} (this model has "
+                    f"{model_shape[1]}); pass in_channels={file_shape[1]}")
         return (f"the file was made with other level widths (this model: "
                 f"features={list(self.features)}); "
                 "set model.args.features (or base_features/max_features) to the file's")
