@@ -12,17 +12,36 @@ import torch
 
 import transunet.models.unetr  # noqa: F401
 from transunet import create_model
-from transunet.models.unetr import PATCH_SIZE, UNETR_ARGS, UNETR, monai_to_unetr
+from transunet.models.unetr import PATCH_SIZE, UNETR, UNETR_ARGS, monai_to_unetr
 from transunet.weights import load_pretrained
 
 # Copies of ../shared/fixtures/family/unetr/ (MONAI 1.6.1, eval, CPU, float32).
 DATA = Path(__file__).resolve().parents[1] / "data" / "family" / "unetr"
 CASE = "tiny_unetr2d_64_conv_instance"
 KW = json.loads((DATA / "cases.json").read_text())[CASE]["kwargs"]
-TINY: dict[str, Any] = {k: KW[k] for k in ("feature_size", "hidden_size", "mlp_dim", "num_heads", "proj_type",
-                                          "norm_name", "conv_block", "res_block", "dropout_rate", "qkv_bias")}
-SMALL: dict[str, Any] = {"feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4}
-#: MONAI builds an unused LayerNorm ``norm_cross_attn`` per block (2 * hidden_size parameters); we do not.
+TINY: dict[str, Any] = {
+    k: KW[k]
+    for k in (
+        "feature_size",
+        "hidden_size",
+        "mlp_dim",
+        "num_heads",
+        "proj_type",
+        "norm_name",
+        "conv_block",
+        "res_block",
+        "dropout_rate",
+        "qkv_bias",
+    )
+}
+SMALL: dict[str, Any] = {
+    "feature_size": 4,
+    "hidden_size": 32,
+    "mlp_dim": 64,
+    "num_heads": 2,
+    "num_layers": 4,
+}
+#: MONAI builds an unused LayerNorm ``norm_cross_attn`` per block (2 * hidden_size params).
 MONAI_FULL_PARAMS = 87_287_865
 UNUSED_CROSS_NORM = 12 * 2 * 768
 
@@ -30,8 +49,13 @@ torch.manual_seed(0)
 
 
 def fixture_model(**kwargs: Any) -> UNETR:
-    return create_model("UNETR", num_classes=KW["out_channels"], in_channels=KW["in_channels"],
-                        img_size=KW["img_size"], **{**TINY, **kwargs}).eval()
+    return create_model(
+        "UNETR",
+        num_classes=KW["out_channels"],
+        in_channels=KW["in_channels"],
+        img_size=KW["img_size"],
+        **{**TINY, **kwargs},
+    ).eval()
 
 
 def fixture_io() -> dict[str, torch.Tensor]:
@@ -74,7 +98,9 @@ def test_converter_splits_qkv_and_drops_cross_norm() -> None:
     qkv = sd["vit.blocks.2.attn.qkv.weight"]
     d = KW["hidden_size"]
     for i, name in enumerate(("query", "key", "value")):
-        assert torch.equal(conv.state_dict[f"vit.encoder.layer.2.attn.{name}.weight"], qkv[i * d:(i + 1) * d])
+        assert torch.equal(
+            conv.state_dict[f"vit.encoder.layer.2.attn.{name}.weight"], qkv[i * d : (i + 1) * d]
+        )
     assert set(conv.state_dict) == set(fixture_model().state_dict())
 
 
@@ -91,47 +117,79 @@ def test_own_state_dict_round_trip(tmp_path: Path) -> None:
 
 
 def test_perceptron_weight_is_the_conv_kernel() -> None:
-    """MONAI's perceptron = ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)`` + Linear; the converted kernel
-    makes our strided conv compute exactly that Linear."""
+    """MONAI's perceptron = ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)`` + Linear; the converted
+    kernel     makes our strided conv compute exactly that Linear."""
     c, d, p = 3, 8, PATCH_SIZE
     lin = torch.nn.Linear(p * p * c, d)
     x = torch.randn(2, c, 2 * p, 3 * p)
     b, _, h, w = x.shape
-    patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)  # (B, N, p1 p2 c)
+    patches = (
+        x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+    )  # (B, N, p1 p2 c)
     ref = lin(patches)
-    conv = monai_to_unetr({"vit.patch_embedding.patch_embeddings.1.weight": lin.weight.detach(),
-                           "vit.patch_embedding.patch_embeddings.1.bias": lin.bias.detach()}, d).state_dict
-    ours = torch.nn.functional.conv2d(x, conv["vit.embeddings.patch_embeddings.weight"],
-                                      conv["vit.embeddings.patch_embeddings.bias"], stride=p)
+    conv = monai_to_unetr(
+        {
+            "vit.patch_embedding.patch_embeddings.1.weight": lin.weight.detach(),
+            "vit.patch_embedding.patch_embeddings.1.bias": lin.bias.detach(),
+        },
+        d,
+    ).state_dict
+    ours = torch.nn.functional.conv2d(
+        x,
+        conv["vit.embeddings.patch_embeddings.weight"],
+        conv["vit.embeddings.patch_embeddings.bias"],
+        stride=p,
+    )
     assert torch.allclose(ours.flatten(2).transpose(1, 2), ref, atol=1e-5)
 
 
 def test_monai_cnn_key_renames() -> None:
-    """MONAI's ``Convolution`` wrapper (``.conv``), ``encoder1.layer`` and ``out.conv.conv`` levels."""
+    """MONAI's ``Convolution`` wrapper (``.conv``), ``encoder1.layer``, ``out.conv.conv`` levels."""
     t = torch.zeros(1)
-    keys = ["encoder1.layer.conv3.conv.weight", "encoder1.layer.norm1.running_mean", "encoder2.blocks.0.conv.weight",
-            "encoder2.blocks.1.1.conv2.conv.weight", "decoder5.conv_block.norm3.weight", "out.conv.conv.bias",
-            "something.else"]
+    keys = [
+        "encoder1.layer.conv3.conv.weight",
+        "encoder1.layer.norm1.running_mean",
+        "encoder2.blocks.0.conv.weight",
+        "encoder2.blocks.1.1.conv2.conv.weight",
+        "decoder5.conv_block.norm3.weight",
+        "out.conv.conv.bias",
+        "something.else",
+    ]
     conv = monai_to_unetr(dict.fromkeys(keys, t), 4)
-    assert sorted(conv.state_dict) == sorted([
-        "encoder1.conv3.weight", "encoder1.norm1.running_mean", "encoder2.blocks.0.weight",
-        "encoder2.blocks.1.1.conv2.weight", "decoder5.conv_block.norm3.weight", "out.bias"])
+    assert sorted(conv.state_dict) == sorted(
+        [
+            "encoder1.conv3.weight",
+            "encoder1.norm1.running_mean",
+            "encoder2.blocks.0.weight",
+            "encoder2.blocks.1.1.conv2.weight",
+            "decoder5.conv_block.norm3.weight",
+            "out.bias",
+        ]
+    )
     assert conv.unused == ["something.else"]
 
 
 # ----------------------------------------------------------------------------- Google .npz
 
 
-def fake_google_npz(path: Path, d: int, mlp: int, heads: int, layers: int, grid: int) -> dict[str, np.ndarray]:
+def fake_google_npz(
+    path: Path, d: int, mlp: int, heads: int, layers: int, grid: int
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
 
     def r(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(np.float32)
 
-    a = {"embedding/kernel": r(16, 16, 3, d), "embedding/bias": r(d), "cls": r(1, 1, d),
-         "Transformer/posembed_input/pos_embedding": r(1, 1 + grid * grid, d),
-         "Transformer/encoder_norm/scale": r(d), "Transformer/encoder_norm/bias": r(d),
-         "head/kernel": r(d, 10), "head/bias": r(10)}
+    a = {
+        "embedding/kernel": r(16, 16, 3, d),
+        "embedding/bias": r(d),
+        "cls": r(1, 1, d),
+        "Transformer/posembed_input/pos_embedding": r(1, 1 + grid * grid, d),
+        "Transformer/encoder_norm/scale": r(d),
+        "Transformer/encoder_norm/bias": r(d),
+        "head/kernel": r(d, 10),
+        "head/bias": r(10),
+    }
     for i in range(layers):
         g = f"Transformer/encoderblock_{i}/"
         for n in ("query", "key", "value"):
@@ -149,14 +207,21 @@ def fake_google_npz(path: Path, d: int, mlp: int, heads: int, layers: int, grid:
 
 def test_google_npz_initialises_the_vit(tmp_path: Path) -> None:
     a = fake_google_npz(tmp_path / "ViT-fake.npz", 32, 64, 2, 4, grid=2)
-    model = create_model("UNETR", num_classes=3, in_channels=1, img_size=(64, 48), qkv_bias=True, **SMALL)
+    model = create_model(
+        "UNETR", num_classes=3, in_channels=1, img_size=(64, 48), qkv_bias=True, **SMALL
+    )
     report = load_pretrained(model, tmp_path / "ViT-fake.npz")
     assert report.unexpected == []  # classifier entries are dropped, everything else used
     assert not any(k.startswith("vit.") for k in report.missing)
     sd = model.state_dict()
     g = "Transformer/encoderblock_3/MultiHeadDotProductAttention_1/"
-    assert torch.equal(sd["vit.encoder.layer.3.attn.key.weight"], torch.from_numpy(a[g + "key/kernel"].reshape(32, -1).T))
-    assert torch.equal(sd["vit.encoder.layer.3.attn.key.bias"], torch.from_numpy(a[g + "key/bias"].reshape(-1)))
+    assert torch.equal(
+        sd["vit.encoder.layer.3.attn.key.weight"],
+        torch.from_numpy(a[g + "key/kernel"].reshape(32, -1).T),
+    )
+    assert torch.equal(
+        sd["vit.encoder.layer.3.attn.key.bias"], torch.from_numpy(a[g + "key/bias"].reshape(-1))
+    )
     folded = torch.from_numpy(a["embedding/kernel"].transpose(3, 2, 0, 1).sum(1, keepdims=True))
     assert torch.allclose(sd["vit.embeddings.patch_embeddings.weight"], folded)
     assert sd["vit.embeddings.position_embeddings"].shape == (1, 4 * 3, 32)
@@ -177,15 +242,24 @@ def test_google_npz_without_qkv_bias_reports_the_biases(tmp_path: Path) -> None:
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_forward_backward_two_sizes(in_channels: int) -> None:
     for size in [(32, 32), (48, 32)]:
-        model = create_model("UNETR", num_classes=3, in_channels=in_channels, img_size=size, **SMALL).train()
+        model = create_model(
+            "UNETR", num_classes=3, in_channels=in_channels, img_size=size, **SMALL
+        ).train()
         y = model(torch.randn(2, in_channels, *size))
         assert y.shape == (2, 3, *size)
         y.square().mean().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("variant", [{"norm_name": "batch"}, {"res_block": False}, {"conv_block": False},
-                                     {"proj_type": "perceptron", "dropout_rate": 0.1, "num_layers": 5}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"norm_name": "batch"},
+        {"res_block": False},
+        {"conv_block": False},
+        {"proj_type": "perceptron", "dropout_rate": 0.1, "num_layers": 5},
+    ],
+)
 def test_variants(variant: dict[str, Any]) -> None:
     model = create_model("UNETR", num_classes=2, img_size=32, **{**SMALL, **variant}).train()
     y = model(torch.randn(2, 1, 32, 32))
@@ -202,19 +276,22 @@ def test_grey_input_to_rgb_model_and_wrong_size() -> None:
         model(torch.rand(1, 3, 48, 32))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"feature_sise": 8}, "unknown argument 'feature_sise'.*feature_size"),
-    ({"feature_size": "8"}, "feature_size='8' is invalid for UNETR"),
-    ({"img_size": 100}, r"closest valid size is \(96, 96\)"),
-    ({"img_size": [64, 64, 64]}, "img_size"),
-    ({"num_heads": 5}, "num_heads=5 is invalid for UNETR.*closest valid: 4"),
-    ({"proj_type": "perceptrom"}, "proj_type='perceptrom' is invalid for UNETR.*perceptron"),
-    ({"norm_name": "group"}, "norm_name='group' is invalid for UNETR"),
-    ({"res_block": 1}, "res_block=1 is invalid for UNETR"),
-    ({"dropout_rate": 1.5}, "dropout_rate=1.5 is invalid for UNETR"),
-    ({"num_layers": 2}, "num_layers=2 is invalid for UNETR.*>= 4"),
-    ({"attn_impl": "flash"}, "attn_impl='flash' is invalid for UNETR"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"feature_sise": 8}, "unknown argument 'feature_sise'.*feature_size"),
+        ({"feature_size": "8"}, "feature_size='8' is invalid for UNETR"),
+        ({"img_size": 100}, r"closest valid size is \(96, 96\)"),
+        ({"img_size": [64, 64, 64]}, "img_size"),
+        ({"num_heads": 5}, "num_heads=5 is invalid for UNETR.*closest valid: 4"),
+        ({"proj_type": "perceptrom"}, "proj_type='perceptrom' is invalid for UNETR.*perceptron"),
+        ({"norm_name": "group"}, "norm_name='group' is invalid for UNETR"),
+        ({"res_block": 1}, "res_block=1 is invalid for UNETR"),
+        ({"dropout_rate": 1.5}, "dropout_rate=1.5 is invalid for UNETR"),
+        ({"num_layers": 2}, "num_layers=2 is invalid for UNETR.*>= 4"),
+        ({"attn_impl": "flash"}, "attn_impl='flash' is invalid for UNETR"),
+    ],
+)
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     args = {**SMALL, "img_size": 32, **kwargs}
     with pytest.raises(ValueError, match=match) as e:
@@ -236,7 +313,9 @@ def test_model_kwargs_rebuild_and_args_literal() -> None:
     assert model.model_name == "UNETR"
     assert model.model_kwargs["img_size"] == (32, 48)
     again = create_model("UNETR", **model.model_kwargs)
-    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     assert set(model.model_kwargs) == {"num_classes", "in_channels", "img_size", *UNETR_ARGS}
 
 

@@ -47,6 +47,7 @@ Differences from MONAI:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,9 +71,24 @@ from transunet.models.base import (
 )
 from transunet.registry import register_model
 from transunet.utils import as_pair
-from transunet.weights import ConvertedWeights, ForeignWeights, convert_npz, npz_conv, npz_vec, strip_prefixes
+from transunet.weights import (
+    ConvertedWeights,
+    ForeignWeights,
+    convert_npz,
+    npz_conv,
+    npz_vec,
+    strip_prefixes,
+)
 
-__all__ = ["UNETR", "UnetrBasicBlock", "UnetrPrUpBlock", "UnetrResBlock", "UnetrUpBlock", "ViTEncoder", "unetr"]
+__all__ = [
+    "UNETR",
+    "UnetrBasicBlock",
+    "UnetrPrUpBlock",
+    "UnetrResBlock",
+    "UnetrUpBlock",
+    "ViTEncoder",
+    "unetr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +116,20 @@ class PatchEmbedding(nn.Module):
         dropout: Dropout on the embedded tokens.
     """
 
-    def __init__(self, in_channels: int, hidden_size: int, grid_size: tuple[int, int], proj_type: str = "conv",
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_size: int,
+        grid_size: tuple[int, int],
+        proj_type: str = "conv",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.grid_size = grid_size
         self.patch_embeddings = nn.Conv2d(in_channels, hidden_size, PATCH_SIZE, stride=PATCH_SIZE)
-        self.position_embeddings = nn.Parameter(torch.zeros(1, grid_size[0] * grid_size[1], hidden_size))
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, grid_size[0] * grid_size[1], hidden_size)
+        )
         self.dropout = nn.Dropout(dropout)
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)
         if proj_type == "perceptron":
@@ -138,8 +162,15 @@ class Block(nn.Module):
         attn_impl: ``"fused"`` or ``"explicit"``.
     """
 
-    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout: float = 0.0,
-                 qkv_bias: bool = False, attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        mlp_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        attn_impl: str = "fused",
+    ) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-5)
         self.attn = Attention(hidden_size, num_heads, dropout, attn_impl)
@@ -169,12 +200,23 @@ class Encoder(nn.Module):
         attn_impl: ``"fused"`` or ``"explicit"``.
     """
 
-    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, num_layers: int, taps: Sequence[int],
-                 dropout: float = 0.0, qkv_bias: bool = False, attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        mlp_dim: int,
+        num_heads: int,
+        num_layers: int,
+        taps: Sequence[int],
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        attn_impl: str = "fused",
+    ) -> None:
         super().__init__()
         self.taps = tuple(taps)
         self.layer = nn.ModuleList(
-            Block(hidden_size, mlp_dim, num_heads, dropout, qkv_bias, attn_impl) for _ in range(num_layers))
+            Block(hidden_size, mlp_dim, num_heads, dropout, qkv_bias, attn_impl)
+            for _ in range(num_layers)
+        )
         self.encoder_norm = nn.LayerNorm(hidden_size, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -197,20 +239,33 @@ class ViTEncoder(nn.Module):
     Args:
         in_channels: Image channels.
         grid_size: Token grid ``(gh, gw)``.
-        hidden_size, mlp_dim, num_heads, num_layers, dropout, qkv_bias, attn_impl: See :class:`Encoder`.
+        hidden_size, mlp_dim, num_heads, num_layers, dropout, qkv_bias, attn_impl: See
+            :class:`Encoder`.
         proj_type: ``"conv"`` or ``"perceptron"`` (:class:`PatchEmbedding`).
     """
 
-    def __init__(self, in_channels: int, grid_size: tuple[int, int], hidden_size: int, mlp_dim: int,
-                 num_heads: int, num_layers: int, proj_type: str = "conv", dropout: float = 0.0,
-                 qkv_bias: bool = False, attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        grid_size: tuple[int, int],
+        hidden_size: int,
+        mlp_dim: int,
+        num_heads: int,
+        num_layers: int,
+        proj_type: str = "conv",
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        attn_impl: str = "fused",
+    ) -> None:
         super().__init__()
         taps = (num_layers // 4, num_layers // 2, 3 * num_layers // 4)
         self.embeddings = PatchEmbedding(in_channels, hidden_size, grid_size, proj_type, dropout)
-        self.encoder = Encoder(hidden_size, mlp_dim, num_heads, num_layers, taps, dropout, qkv_bias, attn_impl)
+        self.encoder = Encoder(
+            hidden_size, mlp_dim, num_heads, num_layers, taps, dropout, qkv_bias, attn_impl
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Image ``(B, C, H, W)`` -> ``(normed tokens (B, N, D), 3 tapped hidden states (B, N, D))``."""
+        """Image ``(B, C, H, W)`` -> ``(normed tokens, 3 tapped hidden states)``, ``(B, N, D)``."""
         return self.encoder(self.embeddings(x))
 
 
@@ -218,7 +273,7 @@ class ViTEncoder(nn.Module):
 
 
 def _norm(norm_name: str, channels: int) -> nn.Module:
-    """``instance``: InstanceNorm2d without affine/statistics (MONAI's default); ``batch``: BatchNorm2d."""
+    """``instance``: InstanceNorm2d, no affine/stats (MONAI's default); ``batch``: BatchNorm2d."""
     return nn.InstanceNorm2d(channels) if norm_name == "instance" else nn.BatchNorm2d(channels)
 
 
@@ -250,8 +305,10 @@ class UnetrBasicBlock(nn.Module):
 
 
 class UnetrResBlock(nn.Module):
-    """Residual conv block (MONAI ``UnetResBlock``): LeakyReLU(norm2(conv2(LeakyReLU(norm1(conv1 x))))
-    + shortcut), the shortcut being ``norm3(conv3_1x1 x)`` when the channels change, else ``x``.
+    """Residual conv block (MONAI ``UnetResBlock``).
+
+    ``LeakyReLU(norm2(conv2(LeakyReLU(norm1(conv1 x)))) + shortcut)``; the shortcut is
+    ``norm3(conv3 x)`` (1 x 1 conv) when the channels change, else ``x``.
 
     Args:
         in_channels: Input channels.
@@ -275,7 +332,9 @@ class UnetrResBlock(nn.Module):
         """``(B, in, H, W) -> (B, out, H, W)``."""
         out = F.leaky_relu(self.norm1(self.conv1(x)), _LEAKY_SLOPE)
         out = self.norm2(self.conv2(out))
-        residual = self.norm3(self.conv3(x)) if self.conv3 is not None and self.norm3 is not None else x
+        residual = (
+            self.norm3(self.conv3(x)) if self.conv3 is not None and self.norm3 is not None else x
+        )
         return F.leaky_relu(out + residual, _LEAKY_SLOPE)
 
 
@@ -296,13 +355,24 @@ class UnetrPrUpBlock(nn.Module):
         res_block: Residual (``True``) or basic conv blocks.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_layer: int, norm_name: str,
-                 conv_block: bool = True, res_block: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_layer: int,
+        norm_name: str,
+        conv_block: bool = True,
+        res_block: bool = True,
+    ) -> None:
         super().__init__()
         self.transp_conv_init = _up(in_channels, out_channels)
         self.blocks = nn.ModuleList(
-            nn.Sequential(_up(out_channels, out_channels), _conv_block(out_channels, out_channels, norm_name, res_block))
-            if conv_block else _up(out_channels, out_channels)
+            nn.Sequential(
+                _up(out_channels, out_channels),
+                _conv_block(out_channels, out_channels, norm_name, res_block),
+            )
+            if conv_block
+            else _up(out_channels, out_channels)
             for _ in range(num_layer)
         )
 
@@ -315,7 +385,8 @@ class UnetrPrUpBlock(nn.Module):
 
 
 class UnetrUpBlock(nn.Module):
-    """Decoder stage: transposed conv ``in -> out`` (x2), ``cat([up, skip])``, conv block ``2 out -> out``.
+    """Decoder stage: transposed conv ``in -> out`` (x2), ``cat([up, skip])``, conv block
+    ``2 out -> out``.
 
     Args:
         in_channels: Channels of the deeper feature map.
@@ -324,21 +395,25 @@ class UnetrUpBlock(nn.Module):
         res_block: Residual (``True``) or basic conv block.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_name: str, res_block: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_name: str, res_block: bool = True
+    ) -> None:
         super().__init__()
         self.transp_conv = _up(in_channels, out_channels)
         self.conv_block = _conv_block(2 * out_channels, out_channels, norm_name, res_block)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """``x (B, in, h, w)``, ``skip (B, out, 2h, 2w)`` -> ``(B, out, 2h, 2w)``."""
-        return self.conv_block(torch.cat([self.transp_conv(x), skip], dim=1))  # (B, 2 out, 2h, 2w) in
+        return self.conv_block(
+            torch.cat([self.transp_conv(x), skip], dim=1)
+        )  # (B, 2 out, 2h, 2w) in
 
 
 # ----------------------------------------------------------------------------- model
 
 
 class UNETR(SegmentationModel):
-    """UNETR (2D): ViT encoder, skips from its hidden states, CNN decoder (see the module docstring).
+    """UNETR (2D): ViT encoder, skips from its hidden states, CNN decoder (see the module doc).
 
     Args:
         num_classes: Output classes including background.
@@ -361,23 +436,56 @@ class UNETR(SegmentationModel):
     attention_kind = "global"
     fixed_input_size = True
 
-    def __init__(self, *, num_classes: int, in_channels: int, img_size: tuple[int, int], feature_size: int = 16,
-                 hidden_size: int = 768, mlp_dim: int = 3072, num_heads: int = 12, num_layers: int = 12,
-                 proj_type: str = "conv", norm_name: str = "instance", conv_block: bool = True,
-                 res_block: bool = True, dropout_rate: float = 0.0, qkv_bias: bool = False,
-                 attn_impl: str = "fused") -> None:
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=PATCH_SIZE)
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        img_size: tuple[int, int],
+        feature_size: int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_heads: int = 12,
+        num_layers: int = 12,
+        proj_type: str = "conv",
+        norm_name: str = "instance",
+        conv_block: bool = True,
+        res_block: bool = True,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = False,
+        attn_impl: str = "fused",
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            img_size=img_size,
+            size_multiple=PATCH_SIZE,
+        )
         self.grid_size = (self.img_size[0] // PATCH_SIZE, self.img_size[1] // PATCH_SIZE)
         self.hidden_size = hidden_size
         self.qkv_bias = qkv_bias
         fs = feature_size
         #: Skips offered to the decoder by stride (stride 16 = the transformer output).
-        self.feature_info = [FeatureInfo(1, fs), FeatureInfo(2, 2 * fs), FeatureInfo(4, 4 * fs),
-                             FeatureInfo(8, 8 * fs), FeatureInfo(PATCH_SIZE, hidden_size)]
+        self.feature_info = [
+            FeatureInfo(1, fs),
+            FeatureInfo(2, 2 * fs),
+            FeatureInfo(4, 4 * fs),
+            FeatureInfo(8, 8 * fs),
+            FeatureInfo(PATCH_SIZE, hidden_size),
+        ]
         ch = {f.stride: f.channels for f in self.feature_info}
-        self.vit = ViTEncoder(in_channels, self.grid_size, hidden_size, mlp_dim, num_heads, num_layers,
-                              proj_type, dropout_rate, qkv_bias, attn_impl)
+        self.vit = ViTEncoder(
+            in_channels,
+            self.grid_size,
+            hidden_size,
+            mlp_dim,
+            num_heads,
+            num_layers,
+            proj_type,
+            dropout_rate,
+            qkv_bias,
+            attn_impl,
+        )
         self.encoder1 = _conv_block(in_channels, ch[1], norm_name, res_block)
         self.encoder2 = UnetrPrUpBlock(hidden_size, ch[2], 2, norm_name, conv_block, res_block)
         self.encoder3 = UnetrPrUpBlock(hidden_size, ch[4], 1, norm_name, conv_block, res_block)
@@ -415,10 +523,12 @@ class UNETR(SegmentationModel):
     def profile_parts(self) -> list[tuple[str, str]]:
         """``transformer`` (the whole ViT: the group two-stage training freezes), ``skip_encoder``
         (``encoder1-4``), ``decoder`` (``decoder5-2``), ``head`` (``out``)."""
-        return [("transformer", "vit"),
-                *(("skip_encoder", f"encoder{i}") for i in (1, 2, 3, 4)),
-                *(("decoder", f"decoder{i}") for i in (5, 4, 3, 2)),
-                ("head", "out")]
+        return [
+            ("transformer", "vit"),
+            *(("skip_encoder", f"encoder{i}") for i in (1, 2, 3, 4)),
+            *(("decoder", f"decoder{i}") for i in (5, 4, 3, 2)),
+            ("head", "out"),
+        ]
 
     def attention_grid(self) -> tuple[int, int]:
         """The token grid ``(H / 16, W / 16)``."""
@@ -440,13 +550,22 @@ class UNETR(SegmentationModel):
             return monai_to_unetr(sd, self.hidden_size)
         return ConvertedWeights(sd, [])
 
-    def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+    def explain_mismatch(
+        self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]
+    ) -> str | None:
         """3D files, other image sizes and other widths get their own causes."""
         if len(file_shape) == len(model_shape) + 1 and len(model_shape) >= 3:
             return "the file is a 3D UNETR (spatial_dims=3); this model is 2D"
-        if key.endswith("position_embeddings") and len(file_shape) == 3 and file_shape[2] == model_shape[2]:
-            return (f"the file was made for another img_size ({file_shape[1]} token positions, this model "
-                    f"has {model_shape[1]} = {self.grid_size[0]}x{self.grid_size[1]})")
+        if (
+            key.endswith("position_embeddings")
+            and len(file_shape) == 3
+            and file_shape[2] == model_shape[2]
+        ):
+            return (
+                f"the file was made for another img_size ({file_shape[1]} token positions, "
+                f"this model "
+                f"has {model_shape[1]} = {self.grid_size[0]}x{self.grid_size[1]})"
+            )
         if key.startswith("vit."):
             return "the file's ViT has another hidden_size/mlp_dim/in_channels"
         return None
@@ -459,7 +578,8 @@ def monai_to_unetr(state_dict: Mapping[str, torch.Tensor], hidden_size: int) -> 
     """Rename a MONAI ``UNETR(spatial_dims=2)`` state dict to :class:`UNETR`'s keys.
 
     Args:
-        state_dict: MONAI keys (``vit.blocks.N.attn.qkv.weight``, ``encoder1.layer.conv1.conv.weight``...).
+        state_dict: MONAI keys (``vit.blocks.N.attn.qkv.weight``,
+            ``encoder1.layer.conv1.conv.weight``, ...).
         hidden_size: ``D``, to split the fused ``qkv`` projection.
 
     Returns:
@@ -480,31 +600,47 @@ def monai_to_unetr(state_dict: Mapping[str, torch.Tensor], hidden_size: int) -> 
             if rest.startswith("attn.qkv."):
                 kind = rest.rsplit(".", 1)[1]
                 if t.shape[0] != 3 * D:
-                    raise CheckpointError(f"'{key}' has {t.shape[0]} rows; a qkv projection of hidden_size={D} "
-                                          f"has {3 * D}: the file was made for another hidden_size.")
-                for i, name in enumerate(("query", "key", "value")):  # rows (qkv, heads, d): q first
-                    out[f"{ours}attn.{name}.{kind}"] = t[i * D:(i + 1) * D]
+                    raise CheckpointError(
+                        f"'{key}' has {t.shape[0]} rows; a qkv projection of hidden_size={D} "
+                        f"has {3 * D}: the file was made for another hidden_size."
+                    )
+                for i, name in enumerate(
+                    ("query", "key", "value")
+                ):  # rows (qkv, heads, d): q first
+                    out[f"{ours}attn.{name}.{kind}"] = t[i * D : (i + 1) * D]
                 continue
-            for theirs, mine in (("norm1.", "attention_norm."), ("norm2.", "ffn_norm."), ("mlp.linear1.", "ffn.fc1."),
-                                 ("mlp.linear2.", "ffn.fc2."), ("attn.out_proj.", "attn.out.")):
+            for theirs, mine in (
+                ("norm1.", "attention_norm."),
+                ("norm2.", "ffn_norm."),
+                ("mlp.linear1.", "ffn.fc1."),
+                ("mlp.linear2.", "ffn.fc2."),
+                ("attn.out_proj.", "attn.out."),
+            ):
                 if rest.startswith(theirs):
-                    out[ours + mine + rest[len(theirs):]] = t
+                    out[ours + mine + rest[len(theirs) :]] = t
                     break
             else:
                 unused.append(key)
             continue
         if key == "vit.patch_embedding.position_embeddings":
             out["vit.embeddings.position_embeddings"] = t
-        elif key in ("vit.patch_embedding.patch_embeddings.weight", "vit.patch_embedding.patch_embeddings.bias"):
+        elif key in (
+            "vit.patch_embedding.patch_embeddings.weight",
+            "vit.patch_embedding.patch_embeddings.bias",
+        ):
             out["vit.embeddings.patch_embeddings." + key.rsplit(".", 1)[1]] = t  # conv projection
-        elif key == "vit.patch_embedding.patch_embeddings.1.weight":  # perceptron: Linear on (p1 p2 c)
+        elif (
+            key == "vit.patch_embedding.patch_embeddings.1.weight"
+        ):  # perceptron: Linear on (p1 p2 c)
             p = PATCH_SIZE
             c = t.shape[1] // (p * p)
-            out["vit.embeddings.patch_embeddings.weight"] = t.reshape(t.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
+            out["vit.embeddings.patch_embeddings.weight"] = (
+                t.reshape(t.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
+            )
         elif key == "vit.patch_embedding.patch_embeddings.1.bias":
             out["vit.embeddings.patch_embeddings.bias"] = t
         elif key.startswith("vit.norm."):
-            out["vit.encoder.encoder_norm." + key[len("vit.norm."):]] = t
+            out["vit.encoder.encoder_norm." + key[len("vit.norm.") :]] = t
         elif re.match(r"(encoder[1-4]|decoder[2-5]|out)\.", key):
             k = re.sub(r"\.conv\.(weight|bias)$", r".\1", key)  # MONAI's Convolution wrapper level
             k = k.replace("encoder1.layer.", "encoder1.", 1)
@@ -517,8 +653,10 @@ def monai_to_unetr(state_dict: Mapping[str, torch.Tensor], hidden_size: int) -> 
     return ConvertedWeights(out, unused)
 
 
-def _npz_patch_kernel(model: UNETR, npz: Mapping[str, np.ndarray], source: str) -> dict[str, torch.Tensor]:
-    """Google ``embedding/kernel`` (16, 16, 3, D) -> ``(D, C, 16, 16)``; RGB summed for grey input."""
+def _npz_patch_kernel(
+    model: UNETR, npz: Mapping[str, np.ndarray], source: str
+) -> dict[str, torch.Tensor]:
+    """Google ``embedding/kernel`` (16, 16, 3, D) -> ``(D, C, 16, 16)``; RGB summed for grey."""
     out: dict[str, torch.Tensor] = {}
     if "embedding/kernel" not in npz:
         return out
@@ -528,27 +666,35 @@ def _npz_patch_kernel(model: UNETR, npz: Mapping[str, np.ndarray], source: str) 
     own = tuple(model.vit.embeddings.patch_embeddings.weight.shape)
     if tuple(w.shape) != own:
         raise CheckpointError(
-            f"{source}: 'embedding/kernel' converts to {tuple(w.shape)} but the UNETR patch projection is {own}; "
-            "UNETR needs 16x16 patches of a ViT of the same hidden_size (ViT-B_16.npz for the default "
-            "hidden_size=768) and in_channels 1 or 3.")
+            f"{source}: 'embedding/kernel' converts to {tuple(w.shape)} but the UNETR patch "
+            f"projection is {own}; UNETR needs 16x16 patches of a ViT of the same hidden_size "
+            "(ViT-B_16.npz for the default "
+            "hidden_size=768) and in_channels 1 or 3."
+        )
     out["vit.embeddings.patch_embeddings.weight"] = torch.from_numpy(np.ascontiguousarray(w))
     if "embedding/bias" in npz:
-        out["vit.embeddings.patch_embeddings.bias"] = torch.from_numpy(npz_vec(np.asarray(npz["embedding/bias"], np.float32)))
+        out["vit.embeddings.patch_embeddings.bias"] = torch.from_numpy(
+            npz_vec(np.asarray(npz["embedding/bias"], np.float32))
+        )
     return out
 
 
 def _npz_pos_embed(model: UNETR, posemb: np.ndarray, source: str) -> torch.Tensor:
-    """Google position embeddings (class token first) -> ``(1, gh * gw, D)`` for the model's grid."""
+    """Google position embeddings (class token first) -> ``(1, gh * gw, D)`` on the model's grid."""
     n = posemb.shape[1] if posemb.ndim == 3 else -1
     for skip in (1, 0):  # Google ViT checkpoints carry a class-token position first
-        g = int(round(max(n - skip, 0) ** 0.5))
+        g = math.isqrt(max(n - skip, 0))
         if n > 0 and g * g == n - skip:
             return resize_pos_embed(posemb[:, skip:], (g, g), model.grid_size)
-    raise CheckpointError(f"{source}: '{_NPZ_POS_KEY}' has shape {posemb.shape}, not (1, 1 + g*g, D); "
-                          "the file is not a ViT checkpoint.")
+    raise CheckpointError(
+        f"{source}: '{_NPZ_POS_KEY}' has shape {posemb.shape}, not (1, 1 + g*g, D); "
+        "the file is not a ViT checkpoint."
+    )
 
 
-def google_npz_to_unetr(model: UNETR, npz: Mapping[str, np.ndarray], source: str) -> ConvertedWeights:
+def google_npz_to_unetr(
+    model: UNETR, npz: Mapping[str, np.ndarray], source: str
+) -> ConvertedWeights:
     """Initialise UNETR's ViT from a Google ImageNet ViT ``.npz`` (e.g. ``ViT-B_16.npz``).
 
     Blocks and final norm through :func:`transunet.models.vit.google_vit_key_map`; the patch
@@ -559,8 +705,13 @@ def google_npz_to_unetr(model: UNETR, npz: Mapping[str, np.ndarray], source: str
     from transunet.models.vit import google_vit_key_map  # the package's ViT key map
 
     own = model.state_dict()
-    key_map = {k: v for k, v in google_vit_key_map("vit.", len(model.vit.encoder.layer), patch_embedding=None).items()
-               if k in own}  # without qkv_bias the model has no query/key/value biases
+    key_map = {
+        k: v
+        for k, v in google_vit_key_map(
+            "vit.", len(model.vit.encoder.layer), patch_embedding=None
+        ).items()
+        if k in own
+    }  # without qkv_bias the model has no query/key/value biases
     sd, used = convert_npz(npz, key_map, model, source)
     used_set = set(used)
     for k, t in _npz_patch_kernel(model, npz, source).items():
@@ -570,8 +721,10 @@ def google_npz_to_unetr(model: UNETR, npz: Mapping[str, np.ndarray], source: str
         pos = _npz_pos_embed(model, np.asarray(npz[_NPZ_POS_KEY], dtype=np.float32), source)
         own_pos = tuple(own["vit.embeddings.position_embeddings"].shape)
         if tuple(pos.shape) != own_pos:
-            raise CheckpointError(f"{source}: '{_NPZ_POS_KEY}' gives {tuple(pos.shape)} but the model has {own_pos}; "
-                                  "the ViT's hidden_size differs (ViT-B_16.npz needs hidden_size=768).")
+            raise CheckpointError(
+                f"{source}: '{_NPZ_POS_KEY}' gives {tuple(pos.shape)} but the model has {own_pos}; "
+                "the ViT's hidden_size differs (ViT-B_16.npz needs hidden_size=768)."
+            )
         sd["vit.embeddings.position_embeddings"] = pos
         used_set.add(_NPZ_POS_KEY)
     leftover = [k for k in npz if k not in used_set]
@@ -579,10 +732,15 @@ def google_npz_to_unetr(model: UNETR, npz: Mapping[str, np.ndarray], source: str
     if ignored:
         log.info("%s: %d ImageNet classifier entries ignored", source, len(ignored))
     unused = [k for k in leftover if k not in ignored]
-    if not model.qkv_bias and any("MultiHeadDotProductAttention_1/" in k and k.endswith("/bias")
-                                  and "/out/" not in k for k in unused):
-        log.warning("%s: UNETR built with qkv_bias=False cannot use the file's query/key/value biases; "
-                    "build it with qkv_bias=True to load them.", source)
+    if not model.qkv_bias and any(
+        "MultiHeadDotProductAttention_1/" in k and k.endswith("/bias") and "/out/" not in k
+        for k in unused
+    ):
+        log.warning(
+            "%s: UNETR built with qkv_bias=False cannot use the file's query/key/value biases; "
+            "build it with qkv_bias=True to load them.",
+            source,
+        )
     return ConvertedWeights(sd, unused)
 
 
@@ -590,28 +748,41 @@ def google_npz_to_unetr(model: UNETR, npz: Mapping[str, np.ndarray], source: str
 
 #: Architecture arguments of the registered UNETR (MONAI's defaults: ViT-B/16, feature_size 16).
 UNETR_ARGS: dict[str, Any] = {
-    "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12,
-    "proj_type": "conv", "norm_name": "instance", "conv_block": True, "res_block": True,
-    "dropout_rate": 0.0, "qkv_bias": False, "attn_impl": "fused",
+    "feature_size": 16,
+    "hidden_size": 768,
+    "mlp_dim": 3072,
+    "num_heads": 12,
+    "num_layers": 12,
+    "proj_type": "conv",
+    "norm_name": "instance",
+    "conv_block": True,
+    "res_block": True,
+    "dropout_rate": 0.0,
+    "qkv_bias": False,
+    "attn_impl": "fused",
 }
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid for UNETR: choose one of {', '.join(map(repr, choices))}."
-                         + (did_you_mean(value, choices) if isinstance(value, str) else ""))
+        raise ValueError(
+            f"{name}={value!r} is invalid for UNETR: choose one of {', '.join(map(repr, choices))}."
+            + (did_you_mean(value, choices) if isinstance(value, str) else "")
+        )
     return str(value)
 
 
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is invalid for UNETR: it must be true or false.")
+        msg = f"{name}={value!r} is invalid for UNETR: it must be true or false."
+        raise ValueError(msg)  # noqa: TRY004
     return value
 
 
 @register_model(name="UNETR")
-def unetr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-          **kwargs: Any) -> UNETR:
+def unetr(
+    num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **kwargs: Any
+) -> UNETR:
     """UNETR as MONAI's ``UNETR(spatial_dims=2)`` (defaults: :data:`UNETR_ARGS`).
 
     Args:
@@ -636,8 +807,10 @@ def unetr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[i
     if a["hidden_size"] % a["num_heads"]:
         divisors = [d for d in range(1, a["hidden_size"] + 1) if a["hidden_size"] % d == 0]
         closest = min(divisors, key=lambda d: (abs(d - a["num_heads"]), d))
-        raise ValueError(f"num_heads={a['num_heads']} is invalid for UNETR: it must divide hidden_size="
-                         f"{a['hidden_size']}; closest valid: {closest}.")
+        raise ValueError(
+            f"num_heads={a['num_heads']} is invalid for UNETR: it must divide hidden_size="
+            f"{a['hidden_size']}; closest valid: {closest}."
+        )
     a["proj_type"] = _check_choice("proj_type", a["proj_type"], PROJ_TYPES)
     a["norm_name"] = _check_choice("norm_name", a["norm_name"], NORM_NAMES)
     a["attn_impl"] = _check_choice("attn_impl", a["attn_impl"], ATTN_IMPLS)
@@ -645,6 +818,10 @@ def unetr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[i
         a[k] = _check_bool(k, a[k])
     a["dropout_rate"] = check_rate(name, "dropout_rate", a["dropout_rate"])
     model = UNETR(num_classes=num_classes, in_channels=in_channels, img_size=(h, w), **a)
-    model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": (h, w), **a}
+    model.model_kwargs = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "img_size": (h, w),
+        **a,
+    }
     return model
-
