@@ -21,15 +21,31 @@ from transunet.weights import load_pretrained, read_weights
 DATA = Path(__file__).resolve().parents[1] / "data" / "family" / "swin_unet"
 CASE = "tiny_swin_64_w4"
 META = json.loads((DATA / "cases.json").read_text())[CASE]
-TINY: dict[str, Any] = {"img_size": 64, "embed_dim": 16, "num_heads": (1, 2, 4, 8), "window_size": 4}
+TINY: dict[str, Any] = {
+    "img_size": 64,
+    "embed_dim": 16,
+    "num_heads": (1, 2, 4, 8),
+    "window_size": 4,
+}
 STATE = DATA / f"{CASE}_official_state_dict.pth"
 MS_FAKE = DATA / f"{CASE}_ms_swin_pretrained_fake.pth"
 #: Decoder-only modules the official ``load_from`` leaves at their initialisation.
 NOT_FROM_IMAGENET = {
-    "layers_up.0.expand.weight", "layers_up.0.norm.weight", "layers_up.0.norm.bias",
-    *(f"layers_up.{i}.upsample.{p}" for i in (1, 2) for p in ("expand.weight", "norm.weight", "norm.bias")),
+    "layers_up.0.expand.weight",
+    "layers_up.0.norm.weight",
+    "layers_up.0.norm.bias",
+    *(
+        f"layers_up.{i}.upsample.{p}"
+        for i in (1, 2)
+        for p in ("expand.weight", "norm.weight", "norm.bias")
+    ),
     *(f"concat_back_dim.{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")),
-    "norm_up.weight", "norm_up.bias", "up.expand.weight", "up.norm.weight", "up.norm.bias", "output.weight",
+    "norm_up.weight",
+    "norm_up.bias",
+    "up.expand.weight",
+    "up.norm.weight",
+    "up.norm.bias",
+    "output.weight",
 }
 
 torch.manual_seed(0)
@@ -66,7 +82,7 @@ def test_official_state_dict_parity(in_channels: int, attn_impl: str) -> None:
 def test_official_state_dict_other_prefixes(tmp_path: Path, prefix: str) -> None:
     sd = torch.load(STATE, weights_only=True)
     path = tmp_path / "sd.pth"
-    torch.save({prefix + k[len("swin_unet."):]: v for k, v in sd.items()}, path)
+    torch.save({prefix + k[len("swin_unet.") :]: v for k, v in sd.items()}, path)
     model = tiny()
     report = load_pretrained(model, path)
     assert report.missing == [] and report.unexpected == []
@@ -85,12 +101,17 @@ def test_imagenet_swin_init_as_official_load_from(in_channels: int) -> None:
     assert max_diff(model, fixture_io()["logits_after_load_from"]) <= 1e-5
 
 
-def test_imagenet_swin_reports_what_it_skips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_imagenet_swin_reports_what_it_skips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Swin-T has 6 blocks in stage 2 and a classifier; a wrong-shaped table is skipped, not fatal."""
     ck = torch.load(MS_FAKE, weights_only=True)
     sd = dict(ck["model"])
-    extra = {k.replace("layers.2.blocks.0.", "layers.2.blocks.2."): v.clone()
-             for k, v in sd.items() if k.startswith("layers.2.blocks.0.") and not k.endswith("_index")}
+    extra = {
+        k.replace("layers.2.blocks.0.", "layers.2.blocks.2."): v.clone()
+        for k, v in sd.items()
+        if k.startswith("layers.2.blocks.0.") and not k.endswith("_index")
+    }
     sd.update(extra)
     bad = "layers.0.blocks.0.attn.relative_position_bias_table"
     sd[bad] = torch.zeros(25, 1)
@@ -100,15 +121,21 @@ def test_imagenet_swin_reports_what_it_skips(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="transunet"):
         report = load_pretrained(model, path)
     assert set(report.unexpected) == set(extra) | {bad}
-    assert bad in report.missing and "layers_up.3.blocks.0.attn.relative_position_bias_table" in report.missing
+    assert (
+        bad in report.missing
+        and "layers_up.3.blocks.0.attn.relative_position_bias_table" in report.missing
+    )
     text = caplog.text
     assert "layers.2.blocks.2.*" in text and "shape (25, 1)" in text and "head.weight" in text
 
 
 def test_imagenet_swin_of_another_width_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "swin_b.pth"
-    sd = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in
-          torch.load(MS_FAKE, weights_only=True)["model"].items() if v.is_floating_point()}
+    sd = {
+        k: torch.zeros(*(s + 1 for s in v.shape))
+        for k, v in torch.load(MS_FAKE, weights_only=True)["model"].items()
+        if v.is_floating_point()
+    }
     torch.save({"model": sd}, path)
     with pytest.raises(CheckpointError, match="none of its tensors fits"):
         load_pretrained(tiny(), path)
@@ -137,8 +164,11 @@ def test_full_size_matches_official() -> None:
         with torch.device("meta"):
             model = create_model("Swin-Unet", num_classes=9, in_channels=in_channels, img_size=224)
         assert sum(p.numel() for p in model.parameters()) == full["params"] == 27_168_900
-    shapes = {k[len("swin_unet."):]: tuple(v) for k, v in full["state_dict_shapes"].items()
-              if not k.endswith(("attn_mask", "relative_position_index"))}
+    shapes = {
+        k[len("swin_unet.") :]: tuple(v)
+        for k, v in full["state_dict_shapes"].items()
+        if not k.endswith(("attn_mask", "relative_position_index"))
+    }
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
     windows = [(b.window, b.shift) for b in model.modules() if hasattr(b, "shift")]
     assert windows[6:8] == [(7, 0), (7, 0)]  # the 7x7 bottleneck is not shifted
@@ -150,8 +180,15 @@ def test_full_size_matches_official() -> None:
 @pytest.mark.parametrize("size", [(64, 64), (64, 128)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_forward_backward(size: tuple[int, int], channels: int) -> None:
-    model = create_model("Swin-Unet", num_classes=3, in_channels=3, img_size=size, embed_dim=8,
-                         num_heads=(1, 1, 2, 2), window_size=4).train()
+    model = create_model(
+        "Swin-Unet",
+        num_classes=3,
+        in_channels=3,
+        img_size=size,
+        embed_dim=8,
+        num_heads=(1, 1, 2, 2),
+        window_size=4,
+    ).train()
     out = model(torch.randn(2, channels, *size))
     assert out.shape == (2, 3, *size)
     out.mean().backward()
@@ -171,23 +208,34 @@ def test_size_rule() -> None:
     assert swin_size_ok((64, 128), 4, 4) and not swin_size_ok((64, 96), 4, 4)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"window": 7}, "unknown argument 'window'.*Did you mean 'window_size'"),
-    ({"depths": "2222"}, "depths='2222' is invalid for Swin-Unet: it must be a list of integers"),
-    ({"num_heads": (3, 6, 12)}, "num_heads=.*has 3 entries but depths=.*has 4"),
-    ({"num_heads": (3, 6, 12, 25)}, r"num_heads\[3\]=25 .* divide the stage width 768.*closest valid: 24"),
-    ({"img_size": 256}, r"img_size=\(256, 256\) is invalid for Swin-Unet.*closest valid size is \(224, 224\)"),
-    ({"img_size": (224, 200)}, r"closest valid size is \(224, 224\)"),
-    ({"window_size": 0}, "window_size=0 is invalid"),
-    ({"decoder_depths": (2, 2)}, "decoder_depths=.*has 2 entries but must have 3"),
-    ({"drop_path_rate": 1.5}, "drop_path_rate=1.5 is invalid"),
-    ({"attn_impl": "flash"}, "attn_impl"),
-    ({"in_channels": 2}, "in_channels=2 is invalid"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"window": 7}, "unknown argument 'window'.*Did you mean 'window_size'"),
+        (
+            {"depths": "2222"},
+            "depths='2222' is invalid for Swin-Unet: it must be a list of integers",
+        ),
+        ({"num_heads": (3, 6, 12)}, "num_heads=.*has 3 entries but depths=.*has 4"),
+        (
+            {"num_heads": (3, 6, 12, 25)},
+            r"num_heads\[3\]=25 .* divide the stage width 768.*closest valid: 24",
+        ),
+        (
+            {"img_size": 256},
+            r"img_size=\(256, 256\) is invalid for Swin-Unet.*closest valid size is \(224, 224\)",
+        ),
+        ({"img_size": (224, 200)}, r"closest valid size is \(224, 224\)"),
+        ({"window_size": 0}, "window_size=0 is invalid"),
+        ({"decoder_depths": (2, 2)}, "decoder_depths=.*has 2 entries but must have 3"),
+        ({"drop_path_rate": 1.5}, "drop_path_rate=1.5 is invalid"),
+        ({"attn_impl": "flash"}, "attn_impl"),
+        ({"in_channels": 2}, "in_channels=2 is invalid"),
+    ],
+)
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message) as err:
-        with torch.device("meta"):
-            create_model("Swin-Unet", **kwargs)
+    with pytest.raises(ValueError, match=message) as err, torch.device("meta"):
+        create_model("Swin-Unet", **kwargs)
     assert "\n" not in str(err.value)
 
 
@@ -195,8 +243,14 @@ def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_decoder_depths_default_mirrors_encoder() -> None:
-    model = create_model("Swin-Unet", depths=(2, 4, 6, 2), num_heads=(1, 2, 4, 8), embed_dim=8, img_size=64,
-                         window_size=4)
+    model = create_model(
+        "Swin-Unet",
+        depths=(2, 4, 6, 2),
+        num_heads=(1, 2, 4, 8),
+        embed_dim=8,
+        img_size=64,
+        window_size=4,
+    )
     assert [len(model.layers_up[i].blocks) for i in (1, 2, 3)] == [6, 4, 2]
     custom = create_model("Swin-Unet", **{**model.model_kwargs, "decoder_depths": (1, 1, 3)})
     assert [len(custom.layers_up[i].blocks) for i in (1, 2, 3)] == [3, 1, 1]

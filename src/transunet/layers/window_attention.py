@@ -157,20 +157,34 @@ class WindowAttention(RecordsAttention):
             or ``"explicit"`` (official softmax path).
     """
 
-    def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        dim: int,
+        window: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        attn_impl: str = "fused",
+    ) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; choose a head count "
-                             f"that divides it, e.g. {math.gcd(dim, num_heads)}.")
+            raise ValueError(
+                f"dim={dim} is not divisible by num_heads={num_heads}; choose a head count "
+                f"that divides it, e.g. {math.gcd(dim, num_heads)}."
+            )
         self.dim = dim
         self.window = window
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.attn_impl = check_choice("attn_impl", attn_impl, ATTN_IMPLS)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1) ** 2, num_heads)
+        )
+        self.register_buffer(
+            "relative_position_index", relative_position_index(window), persistent=False
+        )
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -211,17 +225,24 @@ class WindowAttention(RecordsAttention):
         else:
             p = self.attn_drop.p if self.training else 0.0
             if mask is None:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype),
-                                                     dropout_p=p, scale=self.scale)  # (B*nW, h, N, d)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=p, scale=self.scale
+                )  # (B*nW, h, N, d)
             else:
                 # Fold the windows into the head axis so the (nW, h, N, N) mask broadcasts over the
                 # batch without being copied per sample: (B*nW, h, N, d) -> (B, nW*h, N, d).
                 nW = mask.shape[0]
                 B = Bw // nW
-                full = (bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)).to(q.dtype)  # (nW, h, N, N)
+                full = (bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)).to(
+                    q.dtype
+                )  # (nW, h, N, N)
                 out = F.scaled_dot_product_attention(
-                    q.reshape(B, nW * h, N, d), k.reshape(B, nW * h, N, d), v.reshape(B, nW * h, N, d),
-                    attn_mask=full.reshape(1, nW * h, N, N), dropout_p=p, scale=self.scale,
+                    q.reshape(B, nW * h, N, d),
+                    k.reshape(B, nW * h, N, d),
+                    v.reshape(B, nW * h, N, d),
+                    attn_mask=full.reshape(1, nW * h, N, N),
+                    dropout_p=p,
+                    scale=self.scale,
                 ).view(Bw, h, N, d)  # (B*nW, h, N, d)
         out = out.transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))

@@ -69,7 +69,14 @@ from transunet.layers.window_attention import (
     window_partition,
     window_reverse,
 )
-from transunet.models.base import FeatureInfo, SegmentationModel, accepted_args, check_args, check_int, check_rate
+from transunet.models.base import (
+    FeatureInfo,
+    SegmentationModel,
+    accepted_args,
+    check_args,
+    check_int,
+    check_rate,
+)
 from transunet.registry import register_model
 from transunet.utils import as_pair
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
@@ -101,7 +108,7 @@ PATCH_SIZE = 4
 def stage_resolutions(img_size: tuple[int, int], num_stages: int) -> list[tuple[int, int]]:
     """Token grid ``(H / (4 * 2^s), W / (4 * 2^s))`` of every stage ``s`` (floor division)."""
     h, w = img_size
-    return [(h // (PATCH_SIZE * 2 ** s), w // (PATCH_SIZE * 2 ** s)) for s in range(num_stages)]
+    return [(h // (PATCH_SIZE * 2**s), w // (PATCH_SIZE * 2**s)) for s in range(num_stages)]
 
 
 def swin_size_ok(img_size: tuple[int, int], window_size: int, num_stages: int) -> bool:
@@ -126,7 +133,9 @@ def swin_size_ok(img_size: tuple[int, int], window_size: int, num_stages: int) -
     return True
 
 
-def check_swin_img_size(model: str, img_size: Any, window_size: int, num_stages: int) -> tuple[int, int]:
+def check_swin_img_size(
+    model: str, img_size: Any, window_size: int, num_stages: int
+) -> tuple[int, int]:
     """Validate ``img_size`` with :func:`swin_size_ok`; the error names the nearest valid size.
 
     Args:
@@ -150,14 +159,17 @@ def check_swin_img_size(model: str, img_size: Any, window_size: int, num_stages:
     multiple = PATCH_SIZE * 2 ** (num_stages - 1)
     limit = 2 * max(h, w, 1) + 2 * multiple * window_size
     values = range(multiple, limit + 1, multiple)
-    best = min(((a, b) for a in values for b in values if swin_size_ok((a, b), window_size, num_stages)),
-               key=lambda p: (abs(p[0] - h) + abs(p[1] - w), -p[0] - p[1]))
+    best = min(
+        ((a, b) for a in values for b in values if swin_size_ok((a, b), window_size, num_stages)),
+        key=lambda p: (abs(p[0] - h) + abs(p[1] - w), -p[0] - p[1]),
+    )
     raise ValueError(
         f"img_size=({h}, {w}) is invalid for {model}: height and width must be multiples of {multiple} "
         f"(patch {PATCH_SIZE} x 2^{num_stages - 1} patch mergings) and every stage's token grid "
         f"(H/4, W/4, H/8, ...) must split into whole windows of window_size={window_size} (a stage whose "
         f"smaller side is <= window_size uses that side as its window); the closest valid size is "
-        f"({best[0]}, {best[1]}).")
+        f"({best[0]}, {best[1]})."
+    )
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -175,7 +187,9 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, embed_dim: int, in_channels: int) -> None:
         super().__init__()
-        self.proj = FoldConv2d(3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE, input_channels=in_channels)
+        self.proj = FoldConv2d(
+            3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE, input_channels=in_channels
+        )
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,15 +222,33 @@ class SwinBlock(nn.Module):
         attn_impl: ``"fused"`` or ``"explicit"`` (see :class:`WindowAttention`).
     """
 
-    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window_size: int,
-                 shift_size: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_impl: str = "fused",
+    ) -> None:
         super().__init__()
         self.resolution = resolution
         self.window, self.shift = stage_window(resolution, window_size, shift_size)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, self.window, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                    proj_drop=drop, attn_impl=attn_impl)
+        self.attn = WindowAttention(
+            dim,
+            self.window,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            attn_impl=attn_impl,
+        )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=drop)
@@ -277,7 +309,9 @@ class PatchMerging(nn.Module):
         H, W = self.resolution
         B, _, C = x.shape
         x = x.view(B, H, W, C)  # (B, H, W, C)
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        x = torch.cat(
+            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
+        )
         return self.reduction(self.norm(x.view(B, -1, 4 * C)))  # (B, H/2 * W/2, 2C)
 
 
@@ -294,7 +328,9 @@ class PatchExpand(nn.Module):
         out_dim: Output width (official: ``C / 2`` for ``p = 2``, ``C`` for the final ``p = 4``).
     """
 
-    def __init__(self, resolution: tuple[int, int], dim: int, scale: int = 2, out_dim: int | None = None) -> None:
+    def __init__(
+        self, resolution: tuple[int, int], dim: int, scale: int = 2, out_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.resolution = resolution
         self.scale = scale
@@ -345,13 +381,32 @@ class EncoderStage(nn.Module):
         **block_kwargs: ``mlp_ratio``, ``qkv_bias``, ``drop``, ``attn_drop``, ``attn_impl``.
     """
 
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 drop_path: Sequence[float], downsample: bool, **block_kwargs: Any) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        drop_path: Sequence[float],
+        downsample: bool,
+        **block_kwargs: Any,
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([
-            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                      drop_path=drop_path[i], **block_kwargs)
-            for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                SwinBlock(
+                    dim,
+                    resolution,
+                    num_heads,
+                    window_size,
+                    0 if i % 2 == 0 else window_size // 2,
+                    drop_path=drop_path[i],
+                    **block_kwargs,
+                )
+                for i in range(depth)
+            ]
+        )
         self.downsample = PatchMerging(resolution, dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -375,13 +430,32 @@ class DecoderStage(nn.Module):
         **block_kwargs: ``mlp_ratio``, ``qkv_bias``, ``drop``, ``attn_drop``, ``attn_impl``.
     """
 
-    def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 drop_path: Sequence[float], upsample: bool, **block_kwargs: Any) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        drop_path: Sequence[float],
+        upsample: bool,
+        **block_kwargs: Any,
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([
-            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                      drop_path=drop_path[i], **block_kwargs)
-            for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                SwinBlock(
+                    dim,
+                    resolution,
+                    num_heads,
+                    window_size,
+                    0 if i % 2 == 0 else window_size // 2,
+                    drop_path=drop_path[i],
+                    **block_kwargs,
+                )
+                for i in range(depth)
+            ]
+        )
         self.upsample = PatchExpand(resolution, dim) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -420,41 +494,81 @@ class SwinUnet(SegmentationModel):
     fixed_input_size = True
     foreign_prefixes = ("swin_unet.",)
 
-    def __init__(self, *, num_classes: int, in_channels: int, img_size: tuple[int, int], embed_dim: int,
-                 depths: Sequence[int], num_heads: Sequence[int], window_size: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, decoder_depths: Sequence[int] | None = None,
-                 attn_impl: str = "fused") -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        img_size: tuple[int, int],
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        decoder_depths: Sequence[int] | None = None,
+        attn_impl: str = "fused",
+    ) -> None:
         n = len(depths)
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=PATCH_SIZE * 2 ** (n - 1))
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            img_size=img_size,
+            size_multiple=PATCH_SIZE * 2 ** (n - 1),
+        )
         decoder_depths = tuple(depths[:-1]) if decoder_depths is None else tuple(decoder_depths)
         self.num_stages = n
         self.embed_dim = embed_dim
         self.window_size = window_size
         res = stage_resolutions(self.img_size, n)
-        dims = [embed_dim * 2 ** s for s in range(n)]
-        block_kwargs = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                            attn_impl=attn_impl)
+        dims = [embed_dim * 2**s for s in range(n)]
+        block_kwargs = {
+            "mlp_ratio": mlp_ratio,
+            "qkv_bias": qkv_bias,
+            "drop": drop_rate,
+            "attn_drop": attn_drop_rate,
+            "attn_impl": attn_impl,
+        }
         dpr = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         start = [sum(depths[:s]) for s in range(n)]
         # The decoder reuses encoder stage s's rates when it mirrors it (the official rule); an
         # explicit decoder_depths gets its own linear schedule.
         if decoder_depths == tuple(depths[:-1]):
-            dec_dpr = [dpr[start[s]:start[s] + depths[s]] for s in range(n - 1)]
+            dec_dpr = [dpr[start[s] : start[s] + depths[s]] for s in range(n - 1)]
         else:
-            flat = [r.item() for r in torch.linspace(0, drop_path_rate, max(sum(decoder_depths), 1), device="cpu")]
-            dec_dpr = [flat[sum(decoder_depths[:s]):sum(decoder_depths[:s + 1])] for s in range(n - 1)]
+            flat = [
+                r.item()
+                for r in torch.linspace(
+                    0, drop_path_rate, max(sum(decoder_depths), 1), device="cpu"
+                )
+            ]
+            dec_dpr = [
+                flat[sum(decoder_depths[:s]) : sum(decoder_depths[: s + 1])] for s in range(n - 1)
+            ]
 
         #: Skips offered to the decoder: the input of every encoder stage but the last.
-        self.feature_info = [FeatureInfo(PATCH_SIZE * 2 ** s, dims[s]) for s in range(n - 1)]
+        self.feature_info = [FeatureInfo(PATCH_SIZE * 2**s, dims[s]) for s in range(n - 1)]
 
         self.patch_embed = PatchEmbed(embed_dim, in_channels)
         self.pos_drop = nn.Dropout(drop_rate)
-        self.layers = nn.ModuleList([
-            EncoderStage(dims[s], res[s], depths[s], num_heads[s], window_size,
-                         dpr[start[s]:start[s] + depths[s]], downsample=s < n - 1, **block_kwargs)
-            for s in range(n)])
+        self.layers = nn.ModuleList(
+            [
+                EncoderStage(
+                    dims[s],
+                    res[s],
+                    depths[s],
+                    num_heads[s],
+                    window_size,
+                    dpr[start[s] : start[s] + depths[s]],
+                    downsample=s < n - 1,
+                    **block_kwargs,
+                )
+                for s in range(n)
+            ]
+        )
         self.norm = nn.LayerNorm(dims[-1])
 
         # Decoder: layers_up.0 expands the bottleneck; layers_up.i (i >= 1) works at the resolution
@@ -466,8 +580,18 @@ class SwinUnet(SegmentationModel):
             s = int(math.log2(info.stride // PATCH_SIZE))
             r = (self.img_size[0] // info.stride, self.img_size[1] // info.stride)
             self.concat_back_dim.append(nn.Linear(2 * info.channels, info.channels))
-            self.layers_up.append(DecoderStage(info.channels, r, decoder_depths[s], num_heads[s], window_size,
-                                               dec_dpr[s], upsample=s > 0, **block_kwargs))
+            self.layers_up.append(
+                DecoderStage(
+                    info.channels,
+                    r,
+                    decoder_depths[s],
+                    num_heads[s],
+                    window_size,
+                    dec_dpr[s],
+                    upsample=s > 0,
+                    **block_kwargs,
+                )
+            )
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = FinalPatchExpand(res[0], embed_dim)
         self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
@@ -512,9 +636,16 @@ class SwinUnet(SegmentationModel):
     def profile_parts(self) -> list[tuple[str, str]]:
         """Encoder (embedding, stages, bottleneck norm), decoder (expansions, stages, concat
         projections, final x4 expansion) and the class-dependent ``head`` (the 1x1 output conv)."""
-        return [("encoder", "patch_embed"), ("encoder", "layers"), ("encoder", "norm"),
-                ("decoder", "layers_up"), ("decoder", "concat_back_dim"), ("decoder", "norm_up"),
-                ("decoder", "up"), ("head", "output")]
+        return [
+            ("encoder", "patch_embed"),
+            ("encoder", "layers"),
+            ("encoder", "norm"),
+            ("decoder", "layers_up"),
+            ("decoder", "concat_back_dim"),
+            ("decoder", "norm_up"),
+            ("decoder", "up"),
+            ("head", "output"),
+        ]
 
     # ------------------------------------------------------------------ foreign weights
 
@@ -531,25 +662,33 @@ class SwinUnet(SegmentationModel):
             CheckpointError: For ``.npz`` files and buffers that disagree with this model's.
         """
         if weights.kind == "npz":
-            raise CheckpointError(f"{weights.source} is a Google ViT .npz, which {self.model_name} cannot use; "
-                                  "pass an official Swin-Unet state dict, a Microsoft Swin ImageNet checkpoint "
-                                  "(swin_tiny_patch4_window7_224.pth) or a transunet checkpoint.")
+            raise CheckpointError(
+                f"{weights.source} is a Google ViT .npz, which {self.model_name} cannot use; "
+                "pass an official Swin-Unet state dict, a Microsoft Swin ImageNet checkpoint "
+                "(swin_tiny_patch4_window7_224.pth) or a transunet checkpoint."
+            )
         sd = strip_prefixes(weights.tensors, extra=self.foreign_prefixes)
         if weights.kind != "checkpoint" and is_swin_imagenet_layout(sd):
             return swin_imagenet_to_state_dict(sd, self, weights.source)
         return ConvertedWeights(_drop_checked_buffers(sd, self, weights.source), [])
 
-    def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+    def explain_mismatch(
+        self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]
+    ) -> str | None:
         """Name the argument that differs for window tables, the patch kernel and stage widths."""
         if key.endswith("relative_position_bias_table") and len(file_shape) == 2:
             fw = (math.isqrt(file_shape[0]) + 1) // 2
             mw = (math.isqrt(model_shape[0]) + 1) // 2
-            return (f"the file's table is for a {fw}x{fw} window with {file_shape[1]} heads, this block uses "
-                    f"{mw}x{mw} with {model_shape[1]} heads: window_size, num_heads or img_size differ (a "
-                    "stage no larger than window_size uses a window of its own size)")
+            return (
+                f"the file's table is for a {fw}x{fw} window with {file_shape[1]} heads, this block uses "
+                f"{mw}x{mw} with {model_shape[1]} heads: window_size, num_heads or img_size differ (a "
+                "stage no larger than window_size uses a window of its own size)"
+            )
         if key == "patch_embed.proj.weight" and len(file_shape) == 4:
-            return (f"the file embeds {file_shape[1]}-channel 4x4 patches into {file_shape[0]} channels, this "
-                    f"model {model_shape[1]} into {model_shape[0]}: embed_dim differs or the kernel is not RGB")
+            return (
+                f"the file embeds {file_shape[1]}-channel 4x4 patches into {file_shape[0]} channels, this "
+                f"model {model_shape[1]} into {model_shape[0]}: embed_dim differs or the kernel is not RGB"
+            )
         if len(file_shape) >= 1 and len(model_shape) >= 1 and file_shape[0] != model_shape[0]:
             return "the file was made with another embed_dim (stage widths) or mlp_ratio"
         return None
@@ -557,8 +696,10 @@ class SwinUnet(SegmentationModel):
     def explain_keys(self, keys: Sequence[str]) -> str | None:
         """Block-count differences: other ``depths`` / ``decoder_depths`` or number of stages."""
         if any(".blocks." in k for k in keys):
-            return (f"a Swin-Unet with other depths/decoder_depths or number of stages (this model: depths "
-                    f"{self.model_kwargs.get('depths')}, decoder_depths {self.model_kwargs.get('decoder_depths')})")
+            return (
+                f"a Swin-Unet with other depths/decoder_depths or number of stages (this model: depths "
+                f"{self.model_kwargs.get('depths')}, decoder_depths {self.model_kwargs.get('decoder_depths')})"
+            )
         return None
 
 
@@ -567,7 +708,9 @@ class SwinUnet(SegmentationModel):
 _BUFFER_SUFFIXES = (".relative_position_index", ".attn_mask")
 
 
-def _drop_checked_buffers(sd: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+def _drop_checked_buffers(
+    sd: Mapping[str, torch.Tensor], model: nn.Module, source: str
+) -> dict[str, torch.Tensor]:
     """Drop the file's ``relative_position_index`` / ``attn_mask`` after checking them.
 
     A buffer with this model's shape must equal the recomputed one (otherwise the file uses another
@@ -584,21 +727,29 @@ def _drop_checked_buffers(sd: Mapping[str, torch.Tensor], model: nn.Module, sour
             out[k] = v
             continue
         mine = own.get(k)
-        if mine is not None and tuple(mine.shape) == tuple(v.shape) and not torch.equal(mine.to(v.dtype), v):
+        if (
+            mine is not None
+            and tuple(mine.shape) == tuple(v.shape)
+            and not torch.equal(mine.to(v.dtype), v)
+        ):
             raise CheckpointError(
                 f"{source}: buffer '{k}' differs from the one {getattr(model, 'model_name', 'the model')} "
                 "recomputes; the file uses another relative-position or shift-mask convention than Swin's "
-                "(masks of -100 between regions), so its weights would compute something else.")
+                "(masks of -100 between regions), so its weights would compute something else."
+            )
     return out
 
 
 def is_swin_imagenet_layout(sd: Mapping[str, Any]) -> bool:
     """``True`` for a Swin classifier state dict (encoder ``layers.*`` keys, no ``layers_up.*``)."""
-    return (any(k.startswith("layers.") and ".blocks." in k for k in sd)
-            and not any(k.startswith("layers_up.") for k in sd))
+    return any(k.startswith("layers.") and ".blocks." in k for k in sd) and not any(
+        k.startswith("layers_up.") for k in sd
+    )
 
 
-def swin_imagenet_to_state_dict(sd: Mapping[str, torch.Tensor], model: SwinUnet, source: str) -> ConvertedWeights:
+def swin_imagenet_to_state_dict(
+    sd: Mapping[str, torch.Tensor], model: SwinUnet, source: str
+) -> ConvertedWeights:
     """Initialise a Swin-Unet from a Microsoft ImageNet Swin checkpoint, as the official ``load_from``.
 
     Official rule (``SwinUnet.load_from`` with a ``{'model': ...}`` file): every key is copied to
@@ -651,18 +802,31 @@ def swin_imagenet_to_state_dict(sd: Mapping[str, torch.Tensor], model: SwinUnet,
         if not loaded:
             reasons[why].append(k)
     if not out:
-        raise CheckpointError(f"{source} looks like a Swin classifier checkpoint but none of its tensors fits "
-                              f"{model.model_name} (embed_dim {model.embed_dim}); it was made for another width.")
+        raise CheckpointError(
+            f"{source} looks like a Swin classifier checkpoint but none of its tensors fits "
+            f"{model.model_name} (embed_dim {model.embed_dim}); it was made for another width."
+        )
     if head:
-        log.info("%s: ImageNet classifier %s not used by a segmentation model", source, ", ".join(head))
+        log.info(
+            "%s: ImageNet classifier %s not used by a segmentation model", source, ", ".join(head)
+        )
     if buffers:
-        log.info("%s: %d relative_position_index/attn_mask buffers recomputed, not loaded", source, len(buffers))
+        log.info(
+            "%s: %d relative_position_index/attn_mask buffers recomputed, not loaded",
+            source,
+            len(buffers),
+        )
     unused = []
     for why, keys in reasons.items():
-        log.warning("%s: %d key(s) not loaded (%s): %s", source, len(keys), why, ", ".join(_compress(keys)))
+        log.warning(
+            "%s: %d key(s) not loaded (%s): %s", source, len(keys), why, ", ".join(_compress(keys))
+        )
         unused.extend(keys)
-    log.info("%s: Swin ImageNet weights -> %d tensors (encoder, final norm and mirrored decoder blocks)",
-             source, len(out))
+    log.info(
+        "%s: Swin ImageNet weights -> %d tensors (encoder, final norm and mirrored decoder blocks)",
+        source,
+        len(out),
+    )
     return ConvertedWeights(out, unused)
 
 
@@ -695,19 +859,37 @@ SWIN_UNET_ARGS: dict[str, Any] = {
 
 def _int_list(model: str, name: str, value: Any, example: str, minimum: int = 1) -> tuple[int, ...]:
     """A list/tuple of integers ``>= minimum``; one-line ``ValueError`` otherwise."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
-        raise ValueError(f"{name}={value!r} is invalid for {model}: it must be a list of integers >= {minimum}, "
-                         f"e.g. {example}.")
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or not value
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value)
+    ):
+        raise ValueError(
+            f"{name}={value!r} is invalid for {model}: it must be a list of integers >= {minimum}, "
+            f"e.g. {example}."
+        )
     return tuple(int(v) for v in value)
 
 
 @register_model(name="Swin-Unet")
-def swin_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-              embed_dim: int = 96, depths: Sequence[int] = (2, 2, 2, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-              window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-              attn_drop_rate: float = 0.0, drop_path_rate: float = 0.2, decoder_depths: Sequence[int] | None = None,
-              attn_impl: str = "fused", **unknown: Any) -> SwinUnet:
+def swin_unet(
+    num_classes: int = 9,
+    in_channels: int = 1,
+    img_size: int | Sequence[int] = 224,
+    embed_dim: int = 96,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    window_size: int = 7,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    drop_rate: float = 0.0,
+    attn_drop_rate: float = 0.0,
+    drop_path_rate: float = 0.2,
+    decoder_depths: Sequence[int] | None = None,
+    attn_impl: str = "fused",
+    **unknown: Any,
+) -> SwinUnet:
     """Swin-Unet as in the paper (defaults: :data:`SWIN_UNET_ARGS`, 27,168,900 parameters at 224).
 
     Args:
@@ -734,50 +916,86 @@ def swin_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequen
     num_classes = check_int(name, "num_classes", num_classes)
     if in_channels not in (1, 3) or isinstance(in_channels, bool):
         closest = 1 if not isinstance(in_channels, (int, float)) or in_channels < 2 else 3
-        raise ValueError(f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; closest valid: "
-                         f"{closest}.")
+        raise ValueError(
+            f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; closest valid: "
+            f"{closest}."
+        )
     embed_dim = check_int(name, "embed_dim", embed_dim)
     depths = _int_list(name, "depths", depths, "[2, 2, 2, 2]")
     n = len(depths)
     if n < 2:
-        raise ValueError(f"depths={list(depths)} is invalid for {name}: it needs at least 2 stages (one per "
-                         "resolution; the paper uses 4), e.g. [2, 2, 2, 2].")
+        raise ValueError(
+            f"depths={list(depths)} is invalid for {name}: it needs at least 2 stages (one per "
+            "resolution; the paper uses 4), e.g. [2, 2, 2, 2]."
+        )
     num_heads = _int_list(name, "num_heads", num_heads, "[3, 6, 12, 24]")
     if len(num_heads) != n:
-        raise ValueError(f"num_heads={list(num_heads)} has {len(num_heads)} entries but depths={list(depths)} has "
-                         f"{n}: give one head count per stage, e.g. {[3 * 2 ** s for s in range(n)]}.")
+        raise ValueError(
+            f"num_heads={list(num_heads)} has {len(num_heads)} entries but depths={list(depths)} has "
+            f"{n}: give one head count per stage, e.g. {[3 * 2**s for s in range(n)]}."
+        )
     for s, h in enumerate(num_heads):
-        width = embed_dim * 2 ** s
+        width = embed_dim * 2**s
         if width % h:
-            closest = min((d for d in range(1, width + 1) if width % d == 0), key=lambda d: (abs(d - h), -d))
-            raise ValueError(f"num_heads[{s}]={h} is invalid for {name}: it must divide the stage width "
-                             f"{width} (embed_dim * 2^{s}); closest valid: {closest}.")
+            closest = min(
+                (d for d in range(1, width + 1) if width % d == 0), key=lambda d: (abs(d - h), -d)
+            )
+            raise ValueError(
+                f"num_heads[{s}]={h} is invalid for {name}: it must divide the stage width "
+                f"{width} (embed_dim * 2^{s}); closest valid: {closest}."
+            )
     window_size = check_int(name, "window_size", window_size)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-        raise ValueError(f"mlp_ratio={mlp_ratio!r} is invalid for {name}: it must be a positive number, e.g. 4.0.")
+        raise ValueError(
+            f"mlp_ratio={mlp_ratio!r} is invalid for {name}: it must be a positive number, e.g. 4.0."
+        )
     if not isinstance(qkv_bias, bool):
-        raise ValueError(f"qkv_bias={qkv_bias!r} is invalid for {name}: it must be true or false.")
+        raise ValueError(f"qkv_bias={qkv_bias!r} is invalid for {name}: it must be true or false.")  # noqa: TRY004
     drop_rate = check_rate(name, "drop_rate", drop_rate)
     attn_drop_rate = check_rate(name, "attn_drop_rate", attn_drop_rate)
     drop_path_rate = check_rate(name, "drop_path_rate", drop_path_rate)
     if decoder_depths is not None:
         decoder_depths = _int_list(name, "decoder_depths", decoder_depths, str(list(depths[:-1])))
         if len(decoder_depths) != n - 1:
-            raise ValueError(f"decoder_depths={list(decoder_depths)} has {len(decoder_depths)} entries but must have "
-                             f"{n - 1} (one per decoder stage, finest first; the bottleneck has none), e.g. "
-                             f"{list(depths[:-1])} (the official mirror), or null.")
+            raise ValueError(
+                f"decoder_depths={list(decoder_depths)} has {len(decoder_depths)} entries but must have "
+                f"{n - 1} (one per decoder stage, finest first; the bottleneck has none), e.g. "
+                f"{list(depths[:-1])} (the official mirror), or null."
+            )
     check_choice("attn_impl", attn_impl, ATTN_IMPLS)
     size = check_swin_img_size(name, img_size, window_size, n)
 
-    model = SwinUnet(num_classes=num_classes, in_channels=int(in_channels), img_size=size, embed_dim=embed_dim,
-                     depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=float(mlp_ratio),
-                     qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                     drop_path_rate=drop_path_rate, decoder_depths=decoder_depths, attn_impl=attn_impl)
+    model = SwinUnet(
+        num_classes=num_classes,
+        in_channels=int(in_channels),
+        img_size=size,
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=num_heads,
+        window_size=window_size,
+        mlp_ratio=float(mlp_ratio),
+        qkv_bias=qkv_bias,
+        drop_rate=drop_rate,
+        attn_drop_rate=attn_drop_rate,
+        drop_path_rate=drop_path_rate,
+        decoder_depths=decoder_depths,
+        attn_impl=attn_impl,
+    )
     model.model_name = name
     model.model_kwargs = {
-        "num_classes": num_classes, "in_channels": int(in_channels), "img_size": size, "embed_dim": embed_dim,
-        "depths": depths, "num_heads": num_heads, "window_size": window_size, "mlp_ratio": float(mlp_ratio),
-        "qkv_bias": qkv_bias, "drop_rate": drop_rate, "attn_drop_rate": attn_drop_rate,
-        "drop_path_rate": drop_path_rate, "decoder_depths": decoder_depths, "attn_impl": attn_impl,
+        "num_classes": num_classes,
+        "in_channels": int(in_channels),
+        "img_size": size,
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": num_heads,
+        "window_size": window_size,
+        "mlp_ratio": float(mlp_ratio),
+        "qkv_bias": qkv_bias,
+        "drop_rate": drop_rate,
+        "attn_drop_rate": attn_drop_rate,
+        "drop_path_rate": drop_path_rate,
+        "decoder_depths": decoder_depths,
+        "attn_impl": attn_impl,
     }
     return model
