@@ -126,12 +126,16 @@ def test_default_n_skip_is_the_models_own() -> None:
 
     for name, expected in (("ViT-B_16", 0), ("TransUNet-Tiny", 3)):
         cfg = load_config(None, [f"model.name={name}", "model.img_size=[32,48]"])
-        assert cfg.model.n_skip is None
+        assert "n_skip" not in cfg.model.args
         with torch.device("meta"):
             model = create_model(cfg.model.name, **cfg.model.model_kwargs())
         assert model.model_kwargs["n_skip"] == expected
-    with pytest.raises(ConfigError, match="model.n_skip=4"):
-        load_config(None, ["model.n_skip=4"])
+    from transunet.train.trainer import check_model_config
+
+    with pytest.raises(ConfigError, match="n_skip=4 is invalid for R50-ViT-B_16"):
+        check_model_config(load_config(None, ["model.args.n_skip=4"]))
+    with pytest.raises(ConfigError, match="n_skip=4 is invalid"):  # the pre-model.args spelling
+        check_model_config(load_config(None, ["model.n_skip=4"]))
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

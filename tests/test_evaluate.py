@@ -114,7 +114,7 @@ def setup(tmp_path: Path):
 
 def test_evaluate_writes_summary_csv_table_and_predictions(setup):
     run, data = setup
-    out = evaluate(run, device="cpu", save_predictions=True, report=False)
+    out = evaluate(run, device="cpu", save_predictions=True)
     assert out == run / "eval" / "test"
     summary = json.loads((out / "summary.json").read_text())
     assert {"split", "checkpoint", "data_root", "class_names", "n_cases", "protocols", "cases"} <= set(summary)
@@ -171,7 +171,7 @@ def test_evaluate_writes_summary_csv_table_and_predictions(setup):
 def test_single_protocol_checkpoint_file_and_custom_out(setup, tmp_path):
     run, data = setup
     out = evaluate(run / "checkpoints" / "best.pt", data=data, protocol="corrected", out_dir=tmp_path / "ev",
-                   device="cpu", report=False)
+                   device="cpu")
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["protocols"]) == ["corrected"]
     assert summary["cases"][0]["mean_dice_official"] is None
@@ -195,7 +195,7 @@ def test_unknown_spacing_gives_voxel_unit(tmp_path, caplog):
     run = tmp_path / "runs" / "r"
     write_run(run, data, bootstrap=0)
     with caplog.at_level(logging.WARNING):
-        out = evaluate(run, device="cpu", report=False)
+        out = evaluate(run, device="cpu")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocols"]["corrected"]["hd95_unit"] == "voxel"
     assert summary["protocols"]["official"]["mean"]["dice_ci95"] is None  # bootstrap disabled

@@ -14,7 +14,7 @@ def test_r50_vit_b16_official_figures() -> None:
     assert "105,277,081" in table
     total = next(line for line in table.splitlines() if line.startswith("total"))
     assert "105,277,081" in total and "58.45" in total
-    for part in ("CNN encoder", "embedding", "transformer", "decoder", "head"):
+    for part in ("cnn_encoder", "embedding", "transformer", "decoder", "head"):
         assert part in table
     assert "explicit path: 1.76 MiB" in table  # 12 heads x 196 x 196 x 4 bytes
 

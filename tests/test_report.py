@@ -17,6 +17,8 @@ from torch import nn
 from transunet.data.volume import Volume
 from transunet.errors import DataError
 from transunet.report import attention as att
+from transunet.layers.attention import RecordsAttention
+from transunet.models.base import SegmentationModel
 from transunet.report import builder, plots, tables
 
 CLASS_NAMES = ["background", "spleen", "right kidney", "liver"]
@@ -24,37 +26,45 @@ CLASS_NAMES = ["background", "spleen", "right kidney", "liver"]
 # ----------------------------------------------------------------------------- helpers
 
 
-class TinyAttnNet(nn.Module):
-    """A few-parameter transformer segmenter honouring the model contract used by the report.
+class _TinyAttention(RecordsAttention):
+    """Single-projection self-attention that records its softmax maps like the package's layers."""
 
-    ``forward(x (B, C, H, W), return_attention) -> logits (B, K, H, W)`` [+ per-layer attention
-    ``(B, heads, N, N)``], ``grid_size`` and ``img_size`` attributes, no class token.
-    """
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)  # (B, h, N, N)
+        self.record(a)
+        return t + (a @ v).transpose(1, 2).reshape(b, n, d)
+
+
+class TinyAttnNet(SegmentationModel):
+    """A few-parameter transformer segmenter on the model contract: global attention, 8-px tokens."""
+
+    attention_kind = "global"
 
     def __init__(self, num_classes: int = 4, in_channels: int = 1, img_size: tuple[int, int] = (64, 48),
                  dim: int = 8, heads: int = 2, layers: int = 3) -> None:
-        super().__init__()
-        self.img_size = tuple(img_size)
-        self.in_channels = in_channels
-        self.grid_size = (img_size[0] // 8, img_size[1] // 8)
-        self.heads = heads
+        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size, size_multiple=8)
         self.embed = nn.Conv2d(in_channels, dim, 8, 8)
-        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(layers))
+        self.blocks = nn.ModuleList(_TinyAttention(dim, heads) for _ in range(layers))
         self.head = nn.Conv2d(dim, num_classes, 1)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def attention_grid(self) -> tuple[int, int]:
+        return (self.img_size[0] // 8, self.img_size[1] // 8)
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
         t = self.embed(x)  # (B, D, gh, gw)
         b, d, gh, gw = t.shape
         t = t.flatten(2).transpose(1, 2)  # (B, N, D)
-        attns = []
-        for qkv in self.qkv:
-            q, k, v = qkv(t).reshape(b, -1, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-            a = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)  # (B, h, N, N)
-            attns.append(a)
-            t = t + (a @ v).transpose(1, 2).reshape(b, -1, d)
+        for blk in self.blocks:
+            t = blk(t)
         logits = self.head(t.transpose(1, 2).reshape(b, d, gh, gw))
-        logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return (logits, attns) if return_attention else logits
+        return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _volume(case_id: str, seed: int, shape=(10, 48, 40)) -> Volume:
@@ -230,12 +240,12 @@ def test_slice_attention_on_a_tiny_transformer() -> None:
     model = TinyAttnNet(img_size=(64, 48), layers=3, heads=2)
     image = np.random.default_rng(0).random((50, 37)).astype(np.float32)
     res = att.slice_attention(model, image, (49, 0), model.img_size)
-    assert res.grid_size == (8, 6) and res.n_layers == 3
+    assert res.grid == (8, 6) and res.n_layers == 3
     assert res.query == 7 * 6 + 0
     assert res.heads.shape == (2, 8, 6) and res.rollout.shape == (8, 6)
     np.testing.assert_allclose(res.heads.sum(axis=(1, 2)), 1.0, atol=1e-5)
     np.testing.assert_allclose(res.rollout.sum(), 1.0, atol=1e-5)
-    with pytest.raises(Exception, match="token grid"):
+    with pytest.raises(Exception, match="no global token attention"):
         att.slice_attention(nn.Conv2d(1, 2, 1), image, (0, 0), (64, 48))
 
 

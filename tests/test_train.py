@@ -215,7 +215,7 @@ def test_two_stage_freezes_then_trains_transformer(data_root: Path, tmp_path: Pa
         "model.dropout": 0.0, "model.drop_path": 0.0})
     trainer = Trainer(cfg, DistInfo())
     tnames = {n for n, p in trainer.model.named_parameters()
-              if any(p is q for q in trainer.model.transformer_parameters())}
+              if any(p is q for q in trainer.model.param_groups()["transformer"])}
     assert tnames
     init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit(stop_after_epochs=1)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +28,21 @@ import torch
 from torch import nn
 
 from transunet.errors import CheckpointError
-from transunet.utils import atomic_write
+from transunet.registry import create_model
+from transunet.utils import as_pair, atomic_write
+from transunet.weights import (
+    CHECKPOINT_FORMAT,
+    load_pretrained,
+    load_state_dict_strict,
+    read_weights,
+    strip_prefixes,
+    torch_load,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "transunet-checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 VERSION = 1
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Remove DataParallel/DDP ``module.`` and ``torch.compile`` ``_orig_mod.`` key prefixes."""
-    out = {}
-    for k, v in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k = k[len(p):]
-                    changed = True
-        out[k] = v
-    return out
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -63,33 +54,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` and one-line errors for missing/corrupt/unsafe files.
-
-    Args:
-        path: File to read.
-        map_location: Where tensors are placed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}. "
-            "It contains Python objects beyond tensors and plain containers; re-save it as a "
-            "state_dict with torch.save(model.state_dict(), path) from a trusted source."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({first}); the file is truncated or not a PyTorch "
-            "checkpoint: download or copy it again."
-        ) from None
 
 
 def save_checkpoint(
@@ -174,9 +138,7 @@ def checkpoint_img_size(ckpt: dict[str, Any], path: str | Path) -> tuple[int, in
     if size is None:
         raise CheckpointError(f"checkpoint {path} records no img_size; re-save it with "
                               "'transunet convert-weights --img-size H W'.")
-    if isinstance(size, int):
-        return (size, size)
-    return (int(size[0]), int(size[1]))
+    return as_pair(size)
 
 
 def model_from_checkpoint(
@@ -191,9 +153,6 @@ def model_from_checkpoint(
     Returns:
         ``(model, checkpoint_dict)``.
     """
-    from transunet.models.weights import load_state_dict_strict
-    from transunet.registry import create_model
-
     ckpt = load_checkpoint(path, map_location="cpu")
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
     if "img_size" in kwargs and isinstance(kwargs["img_size"], list):
@@ -201,3 +160,60 @@ def model_from_checkpoint(
     model = create_model(name, **kwargs)
     load_state_dict_strict(model, strip_prefixes(ckpt["state_dict"]), source=str(path))
     return model.to(device).eval(), ckpt
+
+
+def convert_weights(
+    input: str | Path,
+    output: str | Path,
+    *,
+    model: str = "R50-ViT-B_16",
+    num_classes: int = 9,
+    img_size: int | tuple[int, int] = 224,
+    in_channels: int = 1,
+    args: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert foreign weights into our checkpoint format (``transunet convert-weights``).
+
+    A Google ``.npz`` initialises what the model's converter maps (for TransUNet the encoder;
+    decoder and head random, as the official code); a ``.pth`` state dict or one of our
+    checkpoints must fit the model exactly after conversion (every key and shape), so a mistyped
+    ``num_classes``/``img_size``/argument/model name is reported instead of silently producing a
+    broken model.
+
+    Args:
+        input: ``.npz`` or ``.pth``/``.pt`` file.
+        output: Destination checkpoint (``.pt``).
+        model: Registered model name.
+        num_classes: Output classes of the model.
+        img_size: Input size ``H`` or ``(H, W)``.
+        in_channels: Input channels.
+        args: The architecture's own arguments (``model.args``, e.g. ``{"n_skip": 3}``); the
+            model's defaults otherwise.
+        overwrite: Replace an existing ``output``.
+
+    Returns:
+        The written path.
+    """
+    src, dst = Path(input), Path(output)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"output {dst} is the input file; choose another output path.")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"output {dst} already exists; pass --overwrite to replace it.")
+    net = create_model(model, num_classes=num_classes, img_size=img_size, in_channels=in_channels,
+                       **(args or {}))
+    weights = read_weights(src)
+    if weights.kind == "npz":
+        report = load_pretrained(net, src)
+        missing, unexpected = report.missing, report.unexpected
+    else:
+        converted = net.convert_state_dict(weights) if hasattr(net, "convert_state_dict") else None
+        sd = converted.state_dict if converted is not None else dict(weights.tensors)
+        load_state_dict_strict(net, sd, source=str(src))
+        missing, unexpected = [], []
+    fmt = {"npz": "google-vit-npz", "checkpoint": "transunet", "state_dict": "official-state-dict"}[weights.kind]
+    meta = {"converted_from": str(src), "source_format": fmt, "missing_keys": missing,
+            "unexpected_keys": unexpected}
+    out = save_checkpoint(dst, net, net.model_name, net.model_kwargs, meta=meta)  # type: ignore[arg-type]
+    log.info("wrote %s (%s, %d random-initialised tensors)", out, net.model_name, len(missing))
+    return out

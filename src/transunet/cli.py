@@ -7,10 +7,12 @@ Every user-fixable problem surfaces as one ``error: ...`` line and exit code 2; 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from transunet import __version__
 from transunet.errors import TransUNetError
@@ -22,6 +24,27 @@ def _img_size(values: list[int]) -> tuple[int, int]:
     if len(values) == 2:
         return (values[0], values[1])
     raise TransUNetError(f"--img-size takes H or H W, got {values}.")
+
+
+def _default(fn: Any, name: str) -> Any:
+    """The library default of parameter ``name`` of ``fn``: the CLI never keeps its own copy."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def _model_args(items: list[str] | None) -> dict[str, Any]:
+    """``--arg KEY=VALUE`` pairs (values parsed as YAML) -> the model's own arguments."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TransUNetError(f"--arg {item!r} must look like KEY=VALUE, e.g. --arg n_skip=2.")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 # ----------------------------------------------------------------------------- models
@@ -36,19 +59,28 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from transunet.profile import profile_model
+    from transunet.profile import profile_model, profile_table
 
+    if args.all:
+        print(profile_table(img_size=_img_size(args.img_size), num_classes=args.num_classes,
+                            in_channels=args.in_channels, markdown=args.markdown))
+        return 0
+    if not args.model:
+        raise TransUNetError("profile needs a model name (see 'transunet list-models') or --all.")
     print(profile_model(args.model, img_size=_img_size(args.img_size), num_classes=args.num_classes,
-                        in_channels=args.in_channels, batch_size=args.batch_size))
+                        in_channels=args.in_channels, batch_size=args.batch_size, args=_model_args(args.arg)))
     return 0
 
 
 def cmd_convert_weights(args: argparse.Namespace) -> int:
-    from transunet.models.weights import convert_weights
+    from transunet.checkpoint import convert_weights
 
+    model_args = _model_args(args.arg)
+    if args.n_skip is not None:
+        model_args["n_skip"] = args.n_skip
     convert_weights(
         args.input, args.output, model=args.model, num_classes=args.num_classes,
-        img_size=_img_size(args.img_size), in_channels=args.in_channels, n_skip=args.n_skip,
+        img_size=_img_size(args.img_size), in_channels=args.in_channels, args=model_args,
         overwrite=args.overwrite,
     )
     return 0
@@ -96,12 +128,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from transunet.evaluate import evaluate
+    from transunet.evaluate import evaluate, resolve_checkpoint
+    from transunet.infer import Predictor
 
+    ckpt_path, run_root = resolve_checkpoint(args.run)
+    predictor = Predictor.from_checkpoint(ckpt_path, device=args.device or "auto")
     out = evaluate(args.run, data=args.data, split=args.split, protocol=args.protocol,
                    out_dir=args.out, device=args.device or "auto", save_predictions=args.save_predictions,
-                   tta=args.tta, report=not args.no_report)
+                   tta=args.tta, predictor=predictor)
     print(f"evaluation written to {out}")
+    if not args.no_report:  # the report is its own stage; the command chains it with the same model
+        from transunet.report import make_report
+
+        kwargs: dict[str, Any] = {"data": args.data, "split": args.split, "device": args.device or "auto",
+                                  "predictor": predictor}
+        if args.out is not None:
+            kwargs.update(summary=out / "summary.json", out_dir=out / "report")
+        try:
+            page = make_report(run_root, **kwargs)
+        except (TransUNetError, ValueError, KeyError, FileNotFoundError) as e:
+            logging.getLogger("transunet").warning(
+                "report failed (%s); the evaluation files are written, retry with 'transunet report %s'",
+                " ".join(str(e).split()), run_root)
+        else:
+            print(f"report: {page}")
     return 0
 
 
@@ -146,24 +196,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. '*ViT*'")
     s.set_defaults(func=cmd_list_models)
 
+    from transunet.checkpoint import convert_weights
+    from transunet.profile import profile_model
+
     s = sub.add_parser("profile", help="parameters, FLOPs per part and attention memory of a model")
-    s.add_argument("model", help="registered model name, e.g. R50-ViT-B_16")
-    s.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="H [W]")
-    s.add_argument("--num-classes", type=int, default=9)
-    s.add_argument("--in-channels", type=int, default=1)
-    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("model", nargs="?", default=None, help="registered model name, e.g. R50-ViT-B_16")
+    s.add_argument("--all", action="store_true", help="one line per registered model (parameters, GFLOPs)")
+    s.add_argument("--markdown", action="store_true", help="with --all: a Markdown table")
+    s.add_argument("--img-size", type=int, nargs="+", default=[_default(profile_model, "img_size")], metavar="H [W]")
+    s.add_argument("--num-classes", type=int, default=_default(profile_model, "num_classes"))
+    s.add_argument("--in-channels", type=int, default=_default(profile_model, "in_channels"))
+    s.add_argument("--batch-size", type=int, default=_default(profile_model, "batch_size"))
+    s.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="an architecture argument (model.args), e.g. --arg n_skip=2")
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("convert-weights",
-                       help="official TransUNet .pth or Google ViT .npz -> transunet checkpoint")
+                       help="official state dict (.pth) or Google ViT .npz -> transunet checkpoint")
     s.add_argument("input", type=Path)
     s.add_argument("output", type=Path)
-    s.add_argument("--model", default="R50-ViT-B_16")
-    s.add_argument("--num-classes", type=int, default=9)
-    s.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="H [W]")
-    s.add_argument("--in-channels", type=int, default=1)
+    s.add_argument("--model", default=_default(convert_weights, "model"))
+    s.add_argument("--num-classes", type=int, default=_default(convert_weights, "num_classes"))
+    s.add_argument("--img-size", type=int, nargs="+", default=[_default(convert_weights, "img_size")],
+                   metavar="H [W]")
+    s.add_argument("--in-channels", type=int, default=_default(convert_weights, "in_channels"))
+    s.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="an architecture argument (model.args), e.g. --arg n_skip=2")
     s.add_argument("--n-skip", type=int, default=None,
-                   help="skip connections 0-3 (default: 3 for R50 hybrids, 0 for pure ViT models)")
+                   help="TransUNet skip connections 0-3 (shorthand for --arg n_skip=N; default: the model's)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_convert_weights)
 

@@ -25,38 +25,33 @@ from transunet.errors import ConfigError, check_choice, did_you_mean
 
 AMP_MODES = ("none", "bf16", "fp16")
 PROTOCOLS = ("official", "corrected", "both")
-ATTN_IMPLS = ("fused", "explicit")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture arguments passed to ``create_model(name, **kwargs)``.
+    """Which model to build: ``create_model(name, num_classes=..., in_channels=..., img_size=..., **args)``.
 
     Args:
         name: Registered model name (``transunet list-models``).
         num_classes: Output classes including background.
         in_channels: Input channels (1 for CT/MRI slices).
         img_size: Network input (height, width); slices are resized to it.
-        n_skip: Number of CNN skip connections used by the decoder (0-3); ``null`` takes the
-            model's default (3 with a CNN encoder, 0 for pure ViT models).
-        dropout: Dropout on embeddings and transformer MLPs.
-        attn_dropout: Dropout on attention weights.
-        drop_path: Stochastic-depth rate of the transformer (0 disables).
-        attn_impl: ``fused`` (scaled_dot_product_attention) or ``explicit``.
-        pretrained: Path to a Google ViT ``.npz`` (or our/official checkpoint) to initialise from.
+        pretrained: Weight file to initialise from (Google ViT ``.npz``, an official state dict or
+            one of our checkpoints), converted by the model.
+        args: The architecture's own arguments, validated by its entry point (e.g. TransUNet
+            ``n_skip``, ``dropout``, ``attn_impl``; U-Net ``features``; Swin-Unet
+            ``window_size``); empty takes the model's defaults. Override one with
+            ``--set model.args.n_skip=2``.
     """
 
     name: str = "R50-ViT-B_16"
     num_classes: int = 9
     in_channels: int = 1
     img_size: tuple[int, int] = (224, 224)
-    n_skip: Union[int, None] = None
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    drop_path: float = 0.0
-    attn_impl: str = "fused"
     pretrained: Union[str, None] = None
+    args: dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``create_model(self.name, **kwargs)``."""
@@ -64,12 +59,14 @@ class ModelConfig:
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "img_size": tuple(self.img_size),
-            "n_skip": self.n_skip,
-            "dropout": self.dropout,
-            "attn_dropout": self.attn_dropout,
-            "drop_path": self.drop_path,
-            "attn_impl": self.attn_impl,
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in self.args.items()},
         }
+
+
+#: ``model.*`` keys of configs written before ``model.args`` existed; read into ``model.args``.
+LEGACY_MODEL_KEYS = ("n_skip", "dropout", "attn_dropout", "drop_path", "attn_impl")
+#: Renamed ``train.*`` keys: old name -> new name.
+LEGACY_TRAIN_KEYS = {"freeze_transformer_epochs": "freeze_epochs"}
 
 
 @dataclass(frozen=True)
@@ -105,19 +102,28 @@ class TrainConfig:
 
     Args:
         batch_size: Slices per optimisation step (global, across processes).
-        lr: Base learning rate of SGD.
+        optimizer: ``sgd`` (the paper's), ``adam`` or ``adamw``.
+        lr: Base learning rate.
         momentum: SGD momentum.
-        weight_decay: SGD weight decay.
+        betas: Adam/AdamW betas.
+        weight_decay: Weight decay (L2 for SGD/Adam, decoupled for AdamW).
+        lr_scales: Learning-rate factor per parameter group of the model (``param_groups()``
+            names, e.g. ``{encoder: 0.1}``); groups not named use 1.
         epochs: Number of epochs (ignored when ``max_iterations`` is set).
         max_iterations: Total iterations; the poly schedule runs over this count.
         poly_power: Exponent of the poly schedule ``lr * (1 - it / max_it) ** power``.
         ce_weight: Weight of cross-entropy in the loss.
         dice_weight: Weight of the Dice loss.
+        deep_supervision_weights: Loss weight of each output of a deeply supervised model
+            (full resolution first); ``null``: halving weights ``1, 1/2, 1/4, ...`` normalised
+            to sum 1, as nnU-Net.
         val_every: Validate every N epochs (0 disables).
         seed: Random seed.
         deterministic: Ask PyTorch for deterministic kernels.
         amp: ``none``, ``bf16`` (CPU/CUDA) or ``fp16`` (CUDA, with a grad scaler).
-        freeze_transformer_epochs: Two-stage training: epochs with the transformer frozen.
+        freeze_epochs: Two-stage training: epochs with the parameter group ``freeze_group`` frozen.
+        freeze_group: The parameter group frozen in stage 1 (``transformer`` for TransUNet, as in
+            the paper's two-stage setup; see the model's ``param_groups()``).
         stage2_lr_scale: Learning-rate factor for the second stage.
         grad_clip: Max gradient norm (``None`` disables).
         log_every: Iterations between progress-bar updates of the loss.
@@ -125,19 +131,24 @@ class TrainConfig:
     """
 
     batch_size: int = 24
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
+    lr_scales: dict[str, float] = field(default_factory=dict)
     epochs: int = 150
     max_iterations: Union[int, None] = None
     poly_power: float = 0.9
     ce_weight: float = 0.5
     dice_weight: float = 0.5
+    deep_supervision_weights: Union[tuple[float, ...], None] = None
     val_every: int = 1
     seed: int = 1234
     deterministic: bool = False
     amp: str = "none"
-    freeze_transformer_epochs: int = 0
+    freeze_epochs: int = 0
+    freeze_group: str = "transformer"
     stage2_lr_scale: float = 0.1
     grad_clip: Union[float, None] = None
     log_every: int = 10
@@ -197,26 +208,26 @@ def validate(cfg: ExperimentConfig) -> None:
     """Check value ranges and choices; raise :class:`ConfigError` naming the key and the rule."""
     check_choice("train.amp", cfg.train.amp, AMP_MODES)
     check_choice("eval.protocol", cfg.eval.protocol, PROTOCOLS)
-    check_choice("model.attn_impl", cfg.model.attn_impl, ATTN_IMPLS)
+    check_choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     check_choice("data.augment", cfg.data.augment, ("official", "none"))
     if not (cfg.device in DEVICES or cfg.device.startswith("cuda:")):
         check_choice("device", cfg.device, DEVICES)
     rules = [
         ("model.num_classes", cfg.model.num_classes >= 2, ">= 2"),
-        ("model.in_channels", cfg.model.in_channels in (1, 3), "1 or 3"),
-        ("model.n_skip", cfg.model.n_skip is None or 0 <= cfg.model.n_skip <= 3,
-         "between 0 and 3, or null for the model's default"),
+        ("model.in_channels", cfg.model.in_channels >= 1, ">= 1"),
         ("model.img_size", len(cfg.model.img_size) == 2 and min(cfg.model.img_size) > 0,
          "two positive integers (height, width)"),
-        ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "in [0, 1)"),
-        ("model.drop_path", 0.0 <= cfg.model.drop_path < 1.0, "in [0, 1)"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
         ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
         ("train.max_iterations", cfg.train.max_iterations is None or cfg.train.max_iterations >= 1,
          ">= 1 or null"),
         ("train.val_every", cfg.train.val_every >= 0, ">= 0"),
-        ("train.freeze_transformer_epochs", cfg.train.freeze_transformer_epochs >= 0, ">= 0"),
+        ("train.freeze_epochs", cfg.train.freeze_epochs >= 0, ">= 0"),
+        ("train.lr_scales", all(v >= 0 for v in cfg.train.lr_scales.values()), "factors >= 0"),
+        ("train.deep_supervision_weights", cfg.train.deep_supervision_weights is None or (
+            len(cfg.train.deep_supervision_weights) > 0 and min(cfg.train.deep_supervision_weights) >= 0
+            and sum(cfg.train.deep_supervision_weights) > 0), "non-negative weights with a positive sum, or null"),
         ("data.num_workers", cfg.data.num_workers >= 0, ">= 0"),
         ("eval.batch_size", cfg.eval.batch_size >= 1, ">= 1"),
         ("eval.bootstrap", cfg.eval.bootstrap >= 0, ">= 0"),
@@ -243,6 +254,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
         if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
         return v
 
     return conv(cfg)
@@ -270,6 +283,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}.")
         return from_dict(tp, value, prefix=key + ".")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} must be a mapping of names to values, got {value!r}.")
+        _, vt = typing.get_args(tp)
+        return {k: (_plain(v, f"{key}.{k}") if vt is Any else _coerce(v, vt, f"{key}.{k}"))
+                for k, v in value.items()}
+    if origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -303,8 +329,60 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _plain(value: Any, key: str, depth: int = 0) -> Any:
+    """A free-form value (``model.args``): plain YAML scalars, lists and string-keyed mappings only."""
+    if depth > 8:
+        raise ConfigError(f"{key} is nested too deeply; model arguments are scalars, lists or small mappings.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{key}.{k}", depth + 1) for k, v in value.items()}
+    raise ConfigError(f"{key}={value!r} is not a plain value (number, string, boolean, list or mapping).")
+
+
+def migrate(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Read configs written by earlier versions: old ``model.*`` keys move into ``model.args``.
+
+    ``model.n_skip``, ``model.dropout``, ``model.attn_dropout``, ``model.drop_path`` and
+    ``model.attn_impl`` (TransUNet arguments that used to be common fields) become
+    ``model.args.<key>`` (a ``null`` ``n_skip`` is dropped: it meant the model's default);
+    ``train.freeze_transformer_epochs`` becomes ``train.freeze_epochs``. Returns a new dict.
+
+    Args:
+        cls: The dataclass being built.
+        data: Its section of the config.
+        prefix: Dotted path of the section, for messages.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if cls is ModelConfig and any(k in data for k in LEGACY_MODEL_KEYS):
+        args = dict(data.get("args") or {})
+        for k in LEGACY_MODEL_KEYS:
+            if k in data:
+                v = data.pop(k)
+                if k in args and args[k] != v:
+                    raise ConfigError(f"{prefix}{k}={v!r} and {prefix}args.{k}={args[k]!r} disagree; keep only "
+                                      f"{prefix}args.{k}.")
+                if v is not None:
+                    args.setdefault(k, v)
+        data["args"] = args
+    if cls is TrainConfig:
+        for old, new in LEGACY_TRAIN_KEYS.items():
+            if old in data:
+                v = data.pop(old)
+                if new in data and data[new] != v:
+                    raise ConfigError(f"{prefix}{old}={v!r} and {prefix}{new}={data[new]!r} disagree; keep only "
+                                      f"{prefix}{new}.")
+                data.setdefault(new, v)
+    return data
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict; unknown keys fail with "did you mean"."""
+    data = migrate(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
@@ -388,6 +466,10 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
             value = raw
         node = data
         parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "model" and parts[1] in LEGACY_MODEL_KEYS:
+            parts = ["model", "args", parts[1]]  # pre-model.args spelling
+        if len(parts) == 2 and parts[0] == "train" and parts[1] in LEGACY_TRAIN_KEYS:
+            parts = ["train", LEGACY_TRAIN_KEYS[parts[1]]]
         cls: Any = ExperimentConfig
         for i, part in enumerate(parts):
             names = [f.name for f in fields(cls)]
@@ -399,6 +481,14 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
                     + ", ".join(names) + "." + did_you_mean(part, names)
                 )
             tp = typing.get_type_hints(cls)[part]
+            if i < len(parts) - 1 and typing.get_origin(tp) is dict:
+                node = node.setdefault(part, {})  # free mapping (model.args, train.lr_scales)
+                for sub in parts[i + 1:-1]:
+                    if not isinstance(node.get(sub, {}), dict):
+                        raise ConfigError(f"config key '{key}': '{sub}' holds a value, not a mapping.")
+                    node = node.setdefault(sub, {})
+                node[parts[-1]] = value
+                break
             if i < len(parts) - 1:
                 if not is_dataclass(tp):
                     raise ConfigError(f"config key '{'.'.join(parts[:i + 1])}' is a value, not a section.")

@@ -158,8 +158,14 @@ def run_demo(
     _write_marker(out, record)
 
     t = stage(4, "evaluating the test cases (official and corrected protocols) and writing the report")
+    from transunet.evaluate import resolve_checkpoint
+    from transunet.infer import Predictor
+    from transunet.report import make_report
+
+    predictor = Predictor.from_checkpoint(resolve_checkpoint(run)[0], device=device)
     eval_dir = Path(evaluate(run, data=data, split=cfg.data.test_split, protocol="both", device=device,
-                             report=True))
+                             predictor=predictor))
+    make_report(run, data=data, split=cfg.data.test_split, device=device, predictor=predictor)
     record["stages_s"]["evaluate_and_report"] = round(time.perf_counter() - t, 2)
 
     paths = RunPaths(Path(run))

@@ -38,12 +38,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
 from transunet.config import PROTOCOLS as CONFIG_PROTOCOLS
 from transunet.config import config_from_dict
 from transunet.data.synapse import display_columns
 from transunet.errors import CheckpointError, ConfigError, DataError, TransUNetError, check_choice
-from transunet.infer import predict_volume
+from transunet.infer import Predictor
 from transunet.metrics import NSD_TOLERANCE_MM, ClassMetrics, label_metrics, nan_to_none
 from transunet.paths import RunPaths, run_folder_of
 from transunet.utils import atomic_write_text, resolve_device
@@ -339,9 +338,9 @@ def evaluate(
     device: str = "auto",
     save_predictions: bool = False,
     tta: bool = False,
-    report: bool = True,
     batch_size: int | None = None,
     nsd_tolerance: float = NSD_TOLERANCE_MM,
+    predictor: Predictor | None = None,
 ) -> Path:
     """Predict and score every case of a split; write ``summary.json``, ``metrics.csv``, ``table.md``.
 
@@ -374,9 +373,13 @@ def evaluate(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         save_predictions: Also write ``predictions/<case>.nii.gz`` (label maps).
         tta: Average the softmax over horizontal and vertical flips.
-        report: Build the HTML report afterwards (when :mod:`transunet.report` is available).
         batch_size: Slices per forward pass (default: the config's ``eval.batch_size``).
         nsd_tolerance: Tolerance of the normalised surface Dice in mm (corrected protocol).
+        predictor: A :class:`~transunet.infer.Predictor` already built from the run's checkpoint
+            (so a command reads it once); built here otherwise.
+
+    The HTML report is a separate stage (:func:`transunet.report.make_report`); the
+    ``transunet evaluate`` command runs it afterwards unless ``--no-report`` is given.
 
     Returns:
         The output folder.
@@ -388,8 +391,11 @@ def evaluate(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid: it must be >= 1.")
     ckpt_path, run_root = resolve_checkpoint(run)
-    dev = resolve_device(device)
-    model, ckpt = model_from_checkpoint(ckpt_path, device=dev)
+    if predictor is None:
+        predictor = Predictor.from_checkpoint(ckpt_path, device=resolve_device(device), batch_size=batch_size)
+    elif batch_size is not None:
+        predictor.batch_size = int(batch_size)
+    model, ckpt = predictor.model, predictor.checkpoint
     cfg = config_from_dict(ckpt["config"]) if ckpt.get("config") else None
     if data is None:
         if cfg is None:
@@ -403,8 +409,6 @@ def evaluate(
     class_names = [str(n) for n in info["class_names"]]
     cases = list_cases(data_root, split)
     _check_model_vs_data(ckpt_path, ckpt, model, data_root, class_names, info)
-    img_size = checkpoint_img_size(ckpt, ckpt_path)
-    bs = batch_size or (cfg.eval.batch_size if cfg else 16)
     resamples = cfg.eval.bootstrap if cfg else 1000
     out = Path(out_dir) if out_dir is not None else RunPaths(run_root).eval_dir(split)
     classes = list(range(1, len(class_names)))
@@ -434,7 +438,7 @@ def evaluate(
             if vol.label.size and int(vol.label.max()) >= len(class_names):
                 raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(vol.label.max())} "
                                 f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
-            pred = predict_volume(model, vol.image, img_size, batch_size=bs, device=dev, tta=tta)
+            pred = predictor.predict_volume(vol.image, tta=tta)
             spacing = tuple(float(s) for s in vol.spacing) if vol.spacing is not None else None
             spacings[case_id] = spacing
             scored = label_metrics(pred, vol.label, classes, spacing, protocols=protocols,
@@ -497,8 +501,6 @@ def evaluate(
             shutil.rmtree(staging, ignore_errors=True)
 
     _log_summary(summary)
-    if report:
-        _make_report(run_root, data_root, split, device, out, custom_out=out_dir is not None)
     return out
 
 
@@ -516,24 +518,6 @@ def _log_summary(summary: dict[str, Any]) -> None:
         log.info("%s protocol: mean Dice %s, mean HD95 %s %s", p,
                  "–" if m["dice"] is None else f"{m['dice']:.4f}",
                  "–" if m["hd95"] is None else f"{m['hd95']:.2f}", res["hd95_unit"])
-
-
-def _make_report(run_root: Path, data_root: Path, split: str, device: str, out: Path, custom_out: bool) -> None:
-    try:
-        from transunet.report import make_report
-    except ImportError:
-        log.info("transunet.report is not available; skipping the HTML report")
-        return
-    kwargs: dict[str, Any] = {"data": data_root, "split": split, "device": device}
-    if custom_out:
-        kwargs.update(summary=out / "summary.json", out_dir=out / "report")
-    try:
-        page = make_report(run_root, **kwargs)
-    except (TransUNetError, ValueError, KeyError, FileNotFoundError) as e:
-        log.warning("report failed (%s); the evaluation files are written, retry with 'transunet report %s'",
-                    " ".join(str(e).split()), run_root)
-        return
-    log.info("report: %s", page)
 
 
 __all__ = [

@@ -1,7 +1,9 @@
 """Slice-wise volume inference (the official ``test_single_volume``, batched) and NIfTI prediction.
 
-:func:`predict_volume` is shared by validation during training, ``transunet evaluate`` and
-``transunet predict`` so all three score exactly the same computation: each slice is resized to
+:class:`Predictor` (a model, its input size, device, batch size and the checkpoint it came from)
+is built once per command (:meth:`Predictor.from_checkpoint`) and shared by validation during
+training, ``transunet evaluate``, ``transunet predict`` and ``transunet report``, so all of them
+run exactly the same computation (:func:`predict_volume`): each slice is resized to
 the network input with a cubic spline (``scipy.ndimage.zoom(order=3)``), the argmax of the
 softmax is taken, and the label map is resized back with nearest-neighbour interpolation
 (``order=0``), as the official implementation does.
@@ -52,7 +54,8 @@ def predict_volume(
     """Predict a label volume slice by slice.
 
     Args:
-        model: Segmentation model in eval mode, ``(B, C, h, w) -> (B, K, h, w)``.
+        model: Segmentation model, ``(B, 1, h, w) -> (B, K, h, w)`` (a
+            :class:`~transunet.models.base.SegmentationModel` brings one channel to its own).
         image: Normalised image ``(S, H, W)`` (float).
         img_size: Network input ``(h, w)``.
         batch_size: Slices per forward pass.
@@ -67,7 +70,6 @@ def predict_volume(
     if image.ndim != 3:
         raise ValueError(f"predict_volume expects an (S, H, W) volume, got shape {image.shape}.")
     device = torch.device(device)
-    in_ch = int(getattr(model, "in_channels", 1))
     S, H, W = image.shape
     h, w = int(img_size[0]), int(img_size[1])
     label = np.zeros((S, H, W), dtype=np.uint8)
@@ -78,9 +80,7 @@ def predict_volume(
         for start in range(0, S, batch_size):
             idx = range(start, min(S, start + batch_size))
             batch = np.stack([_resize_slice(image[i].astype(np.float32), (h, w), 3) for i in idx])
-            x = torch.from_numpy(batch).float().unsqueeze(1).to(device)  # (B, 1, h, w)
-            if in_ch == 3:
-                x = x.repeat(1, 3, 1, 1)
+            x = torch.from_numpy(batch).float().unsqueeze(1).to(device)  # (B, 1, h, w); the model adapts channels
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 prob = torch.softmax(model(x).float(), dim=1)
                 if tta:
@@ -103,6 +103,93 @@ def predict_volume(
         assert probs_out is not None
         return label, probs_out
     return label
+
+
+# ----------------------------------------------------------------------------- Predictor
+
+
+class Predictor:
+    """A model ready to segment volumes: built once per command, used by every stage.
+
+    Args:
+        model: The model (put in eval mode on ``device``).
+        img_size: Network input ``(h, w)``; default ``model.img_size``.
+        device: Device of the model.
+        batch_size: Slices per forward pass.
+        amp_dtype: Autocast dtype or ``None`` (fp32).
+        checkpoint: The checkpoint dict the model came from (config, preprocessing), if any.
+        path: Its file.
+
+    Attributes:
+        model, img_size, device, batch_size, amp_dtype, checkpoint, path: As given.
+    """
+
+    def __init__(self, model: nn.Module, img_size: Sequence[int] | None = None, *,
+                 device: str | torch.device = "cpu", batch_size: int = 16,
+                 amp_dtype: torch.dtype | None = None, checkpoint: dict[str, Any] | None = None,
+                 path: str | Path | None = None) -> None:
+        from transunet.utils import as_pair
+
+        self.model = model
+        size = img_size if img_size is not None else getattr(model, "img_size", None)
+        if size is None:
+            raise ValueError("Predictor needs img_size for a model without an img_size attribute.")
+        self.img_size = as_pair(size)
+        self.device = torch.device(device)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is invalid: it must be >= 1.")
+        self.batch_size = int(batch_size)
+        self.amp_dtype = amp_dtype
+        self.checkpoint = checkpoint or {}
+        self.path = Path(path) if path is not None else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
+                        batch_size: int | None = None) -> Predictor:
+        """Read a checkpoint once and rebuild its model in eval mode on ``device``.
+
+        Args:
+            path: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file).
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
+            batch_size: Slices per forward pass (default: the config's ``eval.batch_size`` or 16).
+        """
+        from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
+        from transunet.utils import resolve_device
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        model, ckpt = model_from_checkpoint(path, device=dev)
+        if batch_size is None:
+            batch_size = int(((ckpt.get("config") or {}).get("eval") or {}).get("batch_size", 16))
+        return cls(model, checkpoint_img_size(ckpt, path), device=dev, batch_size=batch_size,
+                   checkpoint=ckpt, path=path)
+
+    @property
+    def model_name(self) -> str:
+        """Registered name of the model."""
+        return str(getattr(self.model, "model_name", type(self.model).__name__))
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The checkpoint's preprocessing record (normalisation, class names, modality)."""
+        return dict(self.checkpoint.get("preprocessing") or {})
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The checkpoint's experiment config as a dict, if it has one."""
+        return self.checkpoint.get("config")
+
+    def predict_volume(self, image: np.ndarray, *, tta: bool = False, return_probabilities: bool = False
+                       ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segment a normalised ``(S, H, W)`` volume slice by slice (see :func:`predict_volume`).
+
+        Args:
+            image: Normalised image ``(S, H, W)``.
+            tta: Average softmax over the identity and horizontal/vertical flips.
+            return_probabilities: Also return ``(K, S, H, W)`` class probabilities.
+        """
+        return predict_volume(self.model, image, self.img_size, batch_size=self.batch_size,
+                              device=self.device, tta=tta, return_probabilities=return_probabilities,
+                              amp_dtype=self.amp_dtype)
 
 
 # ----------------------------------------------------------------------------- NIfTI prediction
@@ -204,7 +291,7 @@ def _save_probabilities(probs: np.ndarray, reference: Any, path: Path) -> Path:
 
 
 def predict_path(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Predictor,
     input: str | Path,
     output: str | Path,
     *,
@@ -223,7 +310,8 @@ def predict_path(
     All destinations are checked before anything is predicted.
 
     Args:
-        checkpoint: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file).
+        checkpoint: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file), or a
+            :class:`Predictor` already built from one.
         input: A ``.nii``/``.nii.gz`` file or a folder of them (not searched recursively).
         output: Output file (single input; or a folder) or output folder (folder input).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -236,23 +324,17 @@ def predict_path(
     Returns:
         The written label files.
     """
-    from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
     from transunet.data.nifti import load_nifti, save_like
     from transunet.data.normalize import check_normalization, normalize
-    from transunet.utils import resolve_device
 
     plan = plan_outputs(input, output, save_probabilities=save_probabilities, overwrite=overwrite)
-    dev = resolve_device(device)
-    model, ckpt = model_from_checkpoint(checkpoint, device=dev)
-    img_size = checkpoint_img_size(ckpt, checkpoint)
-    in_ch = int(getattr(model, "in_channels", 1))
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else \
+        Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
+    in_ch = int(getattr(predictor.model, "in_channels", 1))
     if in_ch not in (1, 3):
-        raise CheckpointError(f"checkpoint {checkpoint} expects {in_ch} input channels; prediction on "
+        raise CheckpointError(f"checkpoint {predictor.path} expects {in_ch} input channels; prediction on "
                               "single-channel NIfTI scans needs a model with in_channels 1 or 3.")
-    prep = ckpt.get("preprocessing") or {}
-    spec = check_normalization(prep.get("normalization"))
-    if batch_size is None:
-        batch_size = int(((ckpt.get("config") or {}).get("eval") or {}).get("batch_size", 16))
+    spec = check_normalization(predictor.preprocessing.get("normalization"))
     written: list[Path] = []
     bar = tqdm(plan, desc="predict", unit="scan", dynamic_ncols=True, disable=len(plan) < 2)
     for src, dst, probs_path in bar:
@@ -262,8 +344,7 @@ def predict_path(
             raise DataError(f"{src}: the volume contains NaN or infinite values; fix the scan (e.g. replace "
                             "NaN by the background intensity) and run again.")
         image = normalize(raw, spec)
-        result = predict_volume(model, image, img_size, batch_size=batch_size, device=dev, tta=tta,
-                                return_probabilities=probs_path is not None)
+        result = predictor.predict_volume(image, tta=tta, return_probabilities=probs_path is not None)
         label, probs = (result if probs_path is not None else (result, None))  # type: ignore[misc]
         written.append(save_like(label, ref, dst, dtype=np.uint8))
         if probs_path is not None and probs is not None:

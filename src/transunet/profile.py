@@ -1,6 +1,6 @@
 """Model complexity: parameters, FLOPs by part and attention-matrix memory (``transunet profile``).
 
-FLOPs count 2 per multiply-add over convolutions, linear layers and the two attention matmuls
+FLOPs count 2 per multiply-add over convolutions (transposed ones too), linear layers and the two attention matmuls
 (``Q K^T`` and ``A V``); normalisation, activations, pooling, interpolation and bias additions are
 not counted (the usual convention of fvcore/ptflops-style tables). Convolutions are counted as
 the official model computes them: a 1-channel model is counted with the 3-channel first
@@ -19,37 +19,38 @@ from torch import nn
 
 from transunet.layers.attention import Attention
 
-__all__ = ["PARTS", "count_flops", "profile_model"]
-
-#: Parts of a TransUNet-family model, as ``(label, module-name prefix)``; first match wins.
-PARTS: tuple[tuple[str, str], ...] = (
-    ("CNN encoder", "transformer.embeddings.hybrid_model"),
-    ("embedding", "transformer.embeddings"),
-    ("transformer", "transformer.encoder"),
-    ("decoder", "decoder"),
-    ("head", "segmentation_head"),
-)
+__all__ = ["count_flops", "profile_model", "profile_numbers", "profile_table"]
 
 
-def _part(name: str) -> str:
-    for label, prefix in PARTS:
-        if name == prefix or name.startswith(prefix + "."):
-            return label
-    return "other"
+def _parts(model: nn.Module) -> list[tuple[str, str]]:
+    """The model's declared parts (``profile_parts()``), or one part per top-level child."""
+    fn = getattr(model, "profile_parts", None)
+    return list(fn()) if callable(fn) else [(n, n) for n, _ in model.named_children()]
+
+
+def _part_fn(parts: list[tuple[str, str]]):
+    def part(name: str) -> str:
+        for label, prefix in parts:
+            if prefix == "" or name == prefix or name.startswith(prefix + "."):
+                return label
+        return "other"
+    return part
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Run one forward pass and count FLOPs per part.
 
     Args:
-        model: A TransUNet-family model.
+        model: A model (its ``profile_parts()`` name the parts).
         x: Input ``(B, C, H, W)`` (may live on the ``meta`` device: only shapes are used).
 
     Returns:
         ``{"flops": {part: flops}, "folded_saving": flops saved by input-channel folding,
         "attention": [(layer name, (B, heads, N, N))]}``.
     """
-    flops: dict[str, int] = OrderedDict((label, 0) for label, _ in PARTS)
+    parts = _parts(model)
+    _part = _part_fn(parts)
+    flops: dict[str, int] = OrderedDict((label, 0) for label, _ in parts)
     attn: list[tuple[str, tuple[int, int, int, int]]] = []
     saving = 0
     hooks = []
@@ -63,6 +64,13 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             used = inp[0].shape[1]
             if used != mod.in_channels:  # folded kernel: count the official 3-channel conv
                 saving += 2 * out.numel() * (mod.in_channels - used) // mod.groups * kh * kw
+        return hook
+
+    def deconv_hook(name: str):
+        def hook(mod: nn.ConvTranspose2d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            kh, kw = mod.kernel_size
+            macs = inp[0].numel() * (mod.out_channels // mod.groups) * kh * kw
+            flops[_part(name)] = flops.get(_part(name), 0) + 2 * macs
         return hook
 
     def linear_hook(name: str):
@@ -81,6 +89,8 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d):
             hooks.append(mod.register_forward_hook(conv_hook(name)))
+        elif isinstance(mod, nn.ConvTranspose2d):
+            hooks.append(mod.register_forward_hook(deconv_hook(name)))
         elif isinstance(mod, nn.Linear):
             hooks.append(mod.register_forward_hook(linear_hook(name)))
         elif isinstance(mod, Attention):
@@ -104,6 +114,7 @@ def profile_model(
     num_classes: int = 9,
     in_channels: int = 1,
     batch_size: int = 1,
+    args: dict[str, Any] | None = None,
 ) -> str:
     """The complexity table printed by ``transunet profile``.
 
@@ -116,30 +127,21 @@ def profile_model(
         num_classes: Output classes.
         in_channels: Input channels (1 or 3).
         batch_size: Batch size used for FLOPs and attention memory.
+        args: The architecture's own arguments (``model.args``).
 
     Returns:
         A plain-text table.
     """
-    from transunet.registry import create_model
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} is invalid: it must be >= 1.")
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
-    with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes, in_channels=in_channels, img_size=size)
-    model.eval()
-    x = torch.empty(batch_size, in_channels, *size, device="meta")
-    res = count_flops(model, x)
-
-    params: dict[str, int] = OrderedDict((label, 0) for label, _ in PARTS)
-    for pname, p in model.named_parameters():
-        params[_part(pname.rsplit(".", 1)[0])] = params.get(_part(pname.rsplit(".", 1)[0]), 0) + p.numel()
+    model, size, res, params = _measure(name, img_size, num_classes, in_channels, batch_size, args)
     total_params = sum(params.values())
     total_flops = sum(res["flops"].values())
+    grid_fn = getattr(model, "attention_grid", None)
+    grid = grid_fn() if callable(grid_fn) else None
+    tokens = f"  tokens={grid[0]}x{grid[1]}" if grid else ""
 
     lines = [
         (f"{name}  img_size={size[0]}x{size[1]}  num_classes={num_classes}  in_channels={in_channels}  "
-        f"batch={batch_size}  tokens={model.grid_size[0]}x{model.grid_size[1]}"),
+        f"batch={batch_size}{tokens}"),
         "",
         f"{'part':<14}{'parameters':>16}{'GFLOP':>10}{'share':>8}",
         "-" * 48,
@@ -171,3 +173,86 @@ def profile_model(
         ]
     return "\n".join(lines)
 
+
+
+def _measure(name: str, img_size: int | Sequence[int], num_classes: int, in_channels: int,
+             batch_size: int, args: dict[str, Any] | None
+             ) -> tuple[nn.Module, tuple[int, int], dict[str, Any], dict[str, int]]:
+    """Build ``name`` on the meta device, count FLOPs and parameters per part."""
+    from transunet.registry import create_model
+    from transunet.utils import as_pair
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is invalid: it must be >= 1.")
+    size = as_pair(img_size)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels, img_size=size,
+                             **(args or {}))
+    model.eval()
+    x = torch.empty(batch_size, in_channels, *size, device="meta")
+    res = count_flops(model, x)
+    parts = _parts(model)
+    _part = _part_fn(parts)
+    params: dict[str, int] = OrderedDict((label, 0) for label, _ in parts)
+    for pname, p in model.named_parameters():
+        label = _part(pname)
+        params[label] = params.get(label, 0) + p.numel()
+    return model, size, res, params
+
+
+def profile_numbers(name: str, img_size: int | Sequence[int] = 224, num_classes: int = 9,
+                    in_channels: int = 1, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters and GFLOPs (batch 1) of one model as numbers.
+
+    Args:
+        name: Registered model name.
+        img_size: ``H`` or ``(H, W)``.
+        num_classes: Output classes.
+        in_channels: Input channels.
+        args: The architecture's own arguments.
+
+    Returns:
+        ``{"model", "img_size", "parameters", "gflops", "attention"}``.
+    """
+    model, size, res, params = _measure(name, img_size, num_classes, in_channels, 1, args)
+    return {"model": name, "img_size": size, "parameters": int(sum(params.values())),
+            "gflops": sum(res["flops"].values()) / 1e9, "attention": getattr(model, "attention_kind", None)}
+
+
+def profile_table(img_size: int | Sequence[int] = 224, num_classes: int = 9, in_channels: int = 1,
+                  markdown: bool = False) -> str:
+    """One line per registered model: parameters and GFLOPs at one size (``transunet profile --all``).
+
+    Args:
+        img_size: ``H`` or ``(H, W)``.
+        num_classes: Output classes.
+        in_channels: Input channels.
+        markdown: A Markdown table instead of aligned text.
+    """
+    from transunet.registry import list_models
+
+    rows = []
+    for name in list_models():
+        try:
+            n = profile_numbers(name, img_size, num_classes, in_channels)
+        except ValueError as e:  # e.g. a size the architecture cannot take
+            rows.append((name, "–", "–", " ".join(str(e).split())))
+            continue
+        rows.append((name, f"{n['parameters']:,}", f"{n['gflops']:.2f}", str(n["attention"] or "none")))
+    size = as_pair_text(img_size)
+    if markdown:
+        out = [f"| model | parameters | GFLOPs ({size}, {in_channels}->{num_classes}) | attention |",
+               "|---|---:|---:|---|"]
+        out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        return "\n".join(out)
+    out = [f"{'model':<18}{'parameters':>16}{'GFLOP':>10}  attention   ({size}, {in_channels}->{num_classes} classes)"]
+    out += [f"{a:<18}{b:>16}{c:>10}  {d}" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+def as_pair_text(img_size: int | Sequence[int]) -> str:
+    """``224`` or ``(224, 224)`` -> ``"224x224"``."""
+    from transunet.utils import as_pair
+
+    h, w = as_pair(img_size)
+    return f"{h}x{w}"

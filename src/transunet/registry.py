@@ -1,8 +1,10 @@
 """Model registry: ``register_model`` / ``create_model`` / ``list_models``.
 
-Entry points are plain functions returning an ``nn.Module``; they are registered by decorating them
-with :func:`register_model`. Every registered model follows one contract (see
-``transunet.models``): ``forward(x: (B, C, H, W)) -> logits (B, num_classes, H, W)``.
+Entry points are plain functions returning a
+:class:`~transunet.models.base.SegmentationModel`; they are registered by decorating them with
+:func:`register_model` (from inside or outside the package). :func:`create_model` records the
+registered name and the keyword arguments on the model (``model_name``, ``model_kwargs``) unless the
+entry point already recorded normalised ones, so a checkpoint can rebuild it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: Registered model name (see :func:`list_models`).
-        **kwargs: Architecture arguments (``num_classes``, ``in_channels``, ``img_size``, ...).
+        **kwargs: ``num_classes``, ``in_channels``, ``img_size`` and the architecture's own
+            arguments (``model.args`` of a config); the entry point validates them.
     """
-    return get_model_entrypoint(name)(**kwargs)
+    model = get_model_entrypoint(name)(**kwargs)
+    model.model_name = name
+    if not getattr(model, "model_kwargs", None):
+        model.model_kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+    return model

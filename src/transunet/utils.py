@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +13,32 @@ import torch
 from transunet.errors import ConfigError
 
 log = logging.getLogger("transunet")
+
+
+def as_pair(value: int | Sequence[int], name: str = "img_size") -> tuple[int, int]:
+    """The one int-or-pair normaliser: ``224 -> (224, 224)``, ``[224, 192] -> (224, 192)``.
+
+    Args:
+        value: An int or a pair of ints.
+        name: The argument's name for the error message.
+
+    Raises:
+        ValueError: For bools, non-integers and sequences that are not pairs.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: give an int or (H, W), e.g. 224.")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, float) and value.is_integer():
+        return (int(value), int(value))
+    try:
+        items = list(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name}={value!r} is invalid: give an int or (H, W), e.g. 224.") from None
+    if len(items) != 2 or any(isinstance(v, bool) or not float(v).is_integer() for v in items
+                              if isinstance(v, (int, float))) or not all(isinstance(v, (int, float)) for v in items):
+        raise ValueError(f"{name}={value!r} is invalid: give an int or (H, W), e.g. (224, 224).")
+    return (int(items[0]), int(items[1]))
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:

@@ -44,12 +44,16 @@ def test_attention_fused_equals_explicit(n: int) -> None:
     explicit = Attention(32, 4, attn_impl="explicit").eval()
     explicit.load_state_dict(fused.state_dict())
     x = torch.randn(3, n, 32)
-    a, wa = fused(x)
-    b, _ = explicit(x)
-    c, wc = fused(x, return_attention=True)
-    assert wa is None
+    a = fused(x)
+    b = explicit(x)
+    store: list[torch.Tensor] = []
+    fused.attention_store = store  # what SegmentationModel.capture_attention does
+    c = fused(x)
+    fused.attention_store = None
+    assert len(store) == 1 and not explicit.recording
+    wc = store[0]
     assert (a - b).abs().max().item() <= 1e-5 and (a - c).abs().max().item() <= 1e-5
-    assert wc is not None and wc.shape == (3, 4, n, n)
+    assert wc.shape == (3, 4, n, n)
     q = fused.query(x).view(3, n, 4, 8).transpose(1, 2)
     k = fused.key(x).view(3, n, 4, 8).transpose(1, 2)
     assert torch.allclose(wc, torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1), atol=1e-6)

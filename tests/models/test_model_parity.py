@@ -12,7 +12,7 @@ from official_fixtures import CASES, OFFICIAL, base_case, case_io, case_model, o
 
 from transunet import create_model
 from transunet.layers.pos_embed import resize_pos_embed
-from transunet.models.weights import load_pretrained, load_state_dict_strict
+from transunet.weights import load_pretrained, load_state_dict_strict
 
 TOL = 1e-5
 SD_CASES = [c for c in CASES if (OFFICIAL / f"{c}_official_state_dict.pth").exists()]

@@ -83,7 +83,7 @@ def test_contract_attributes_and_rebuild(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["TransUNet-Tiny", "ViT-B_16"])
-def test_return_attention_and_fused_vs_explicit(name: str) -> None:
+def test_captured_attention_and_fused_vs_explicit(name: str) -> None:
     kw = dict(img_size=(64, 96), dropout=0.0, **small_kwargs(name))
     fused = create_model(name, attn_impl="fused", **kw).eval()
     explicit = create_model(name, attn_impl="explicit", **kw).eval()
@@ -92,9 +92,14 @@ def test_return_attention_and_fused_vs_explicit(name: str) -> None:
     with torch.no_grad():
         a = fused(x)
         b = explicit(x)
-        c, maps = fused(x, return_attention=True)
+        with fused.capture_attention() as cap:
+            c = fused(x)
+        after = fused(x)
+    maps = cap.maps
+    assert cap.kind == "global" and cap.grid == fused.grid_size
+    assert len(maps) == len(fused.transformer.encoder.layer)  # recording stopped with the block
     assert (a - b).abs().max().item() <= 1e-5
-    assert (a - c).abs().max().item() <= 1e-5
+    assert (a - c).abs().max().item() <= 1e-5 and torch.equal(a, after)
     n = fused.grid_size[0] * fused.grid_size[1]
     heads = fused.transformer.encoder.layer[0].attn.num_heads
     assert len(maps) == len(fused.transformer.encoder.layer)
@@ -103,9 +108,11 @@ def test_return_attention_and_fused_vs_explicit(name: str) -> None:
         assert torch.allclose(m.sum(-1), torch.ones(2, heads, n), atol=1e-5)
 
 
-def test_transformer_parameters_cover_vit_only() -> None:
+def test_transformer_group_covers_vit_only() -> None:
     model = create_model("TransUNet-Tiny")
-    ids = {id(p) for p in model.transformer_parameters()}
+    groups = model.param_groups()
+    assert list(groups) == ["cnn_encoder", "transformer", "decoder", "head"]
+    ids = {id(p) for p in groups["transformer"]}
     named = dict(model.named_parameters())
     vit = {k for k, p in named.items() if id(p) in ids}
     assert "transformer.embeddings.position_embeddings" in vit
@@ -130,9 +137,9 @@ def test_drop_path_off_by_default_and_stochastic_when_on() -> None:
     # in training, drop path makes the token features stochastic
     model.train()
     torch.manual_seed(1)
-    t1, _, _ = model.transformer(x)
+    t1, _ = model.transformer(x)
     torch.manual_seed(2)
-    t2, _, _ = model.transformer(x)
+    t2, _ = model.transformer(x)
     assert not torch.allclose(t1, t2)
 
 

@@ -10,15 +10,10 @@ import pytest
 import torch
 from official_fixtures import OFFICIAL, case_io, case_model, official_state_dict
 
-from transunet.checkpoint import model_from_checkpoint, save_checkpoint
+from transunet.checkpoint import convert_weights, model_from_checkpoint, save_checkpoint
 from transunet.cli import main
 from transunet.errors import CheckpointError
-from transunet.models.weights import (
-    convert_weights,
-    load_pretrained,
-    load_state_dict_strict,
-    read_weights,
-)
+from transunet.weights import load_pretrained, load_state_dict_strict, read_weights
 
 CASE = "tiny_r50_vit_224"
 #: create_model kwargs / CLI flags that rebuild the fixture architecture are not CLI options, so
@@ -153,12 +148,16 @@ def test_convert_weights_cli(tmp_path: Path, capsys) -> None:
 
 def _to_google_layout(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Inverse of the npz conversion, written independently for the round-trip test."""
-    from transunet.models.weights import _google_key_map
+    from transunet.models.resnetv2 import google_resnet_key_map
+    from transunet.models.vit import google_vit_key_map
 
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     heads = model.transformer.encoder.layer[0].attn.num_heads
     out: dict[str, np.ndarray] = {}
-    for key, (npz_key, _) in _google_key_map(model).items():
+    key_map = google_vit_key_map("transformer.", len(model.transformer.encoder.layer))
+    key_map.update(google_resnet_key_map("transformer.embeddings.hybrid_model.",
+                                         model.transformer.embeddings.hybrid_model))
+    for key, (npz_key, _) in key_map.items():
         w = sd[key]
         if w.ndim == 4:
             w = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO

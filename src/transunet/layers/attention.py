@@ -16,12 +16,35 @@ from torch import nn
 
 from transunet.errors import check_choice
 
-__all__ = ["ATTN_IMPLS", "Attention"]
+__all__ = ["ATTN_IMPLS", "Attention", "RecordsAttention"]
 
+#: The attention implementations every attention layer of the package offers.
 ATTN_IMPLS = ("fused", "explicit")
 
 
-class Attention(nn.Module):
+class RecordsAttention(nn.Module):
+    """Mixin of layers whose attention can be recorded for maps.
+
+    :meth:`transunet.models.base.SegmentationModel.capture_attention` sets
+    :attr:`attention_store` to a list on every such layer for the duration of a ``with`` block; a
+    layer then computes its attention explicitly and appends its weights to the list (detached).
+    Outside the block :attr:`attention_store` is ``None`` and the fast path runs.
+    """
+
+    attention_store: list[torch.Tensor] | None = None
+
+    @property
+    def recording(self) -> bool:
+        """``True`` inside :meth:`~transunet.models.base.SegmentationModel.capture_attention`."""
+        return self.attention_store is not None
+
+    def record(self, weights: torch.Tensor) -> None:
+        """Append ``weights`` (detached) to the store when recording."""
+        if self.attention_store is not None:
+            self.attention_store.append(weights.detach())
+
+
+class Attention(RecordsAttention):
     """Multi-head self-attention with separate ``query``/``key``/``value``/``out`` projections.
 
     Module names follow the official TransUNet code so its state dicts load unchanged. As there,
@@ -56,29 +79,25 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
 
-    def forward(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend.
 
         Args:
             x: Tokens ``(B, N, D)``.
-            return_attention: Use the explicit path and return the attention weights.
 
         Returns:
-            ``(out (B, N, D), weights (B, h, N, N) or None)``; the weights are the softmax output
-            before attention dropout.
+            ``(B, N, D)``. While recording (:class:`RecordsAttention`) the explicit path runs and
+            the softmax weights ``(B, h, N, N)`` (before attention dropout) are recorded.
         """
         B, N, D = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        weights: torch.Tensor | None = None
-        if return_attention or self.attn_impl == "explicit":
+        if self.recording or self.attn_impl == "explicit":
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, h, N, N)
             probs = torch.softmax(scores, dim=-1)
-            weights = probs if return_attention else None
+            self.record(probs)
             ctx = torch.matmul(self.attn_dropout(probs), v)  # (B, h, N, d)
         else:
             p = self.attn_dropout.p if self.training else 0.0
             ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
         ctx = ctx.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
-        return self.proj_dropout(self.out(ctx)), weights
+        return self.proj_dropout(self.out(ctx))

@@ -1,12 +1,20 @@
 """Registered segmentation models (importing this package registers them).
 
-Every model follows one contract: ``forward(x: (B, in_channels, H, W)) -> logits
-(B, num_classes, H, W)``; ``forward(x, return_attention=True)`` also returns the per-layer attention
-weights; attributes ``model_name``, ``model_kwargs``, ``num_classes``, ``in_channels``, ``img_size``
-and ``grid_size``; ``transformer_parameters()`` yields the ViT parameters.
+Every model derives from :class:`~transunet.models.base.SegmentationModel` (the contract: forward
+and deep supervision, size rule, parameter groups, profile parts, attention capability, weight
+conversion); one file per architecture, read top to bottom.
 """
 
-from transunet.models import transunet  # noqa: F401  (registers the TransUNet family)
+# Importing each architecture file registers its entry points.
+from transunet.models import (  # noqa: F401
+    attention_unet,
+    swin_unet,
+    transunet,
+    unet,
+    unet_plusplus,
+    unetr,
+)
+from transunet.models.base import AttentionCapture, FeatureInfo, SegmentationModel
 from transunet.models.transunet import ARCHS, TransUNet, build_transunet
 
-__all__ = ["ARCHS", "TransUNet", "build_transunet"]
+__all__ = ["ARCHS", "AttentionCapture", "FeatureInfo", "SegmentationModel", "TransUNet", "build_transunet"]

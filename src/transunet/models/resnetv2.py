@@ -17,15 +17,18 @@ Reproduces the official TransUNet ``vit_seg_modeling_resnet_skip.py`` computatio
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from transunet.layers.std_conv import StdConv2d
+from transunet.models.base import FeatureInfo
+from transunet.weights import npz_conv, npz_vec
 
-__all__ = ["PreActBottleneck", "ResNetV2"]
+__all__ = ["PreActBottleneck", "ResNetV2", "google_resnet_key_map"]
 
 
 class PreActBottleneck(nn.Module):
@@ -80,6 +83,8 @@ class ResNetV2(nn.Module):
         out_channels: Channels of the stride-16 output (``16 * width``).
         skip_strides: Strides of the returned skips, deepest first: ``(8, 4, 2)``.
         skip_channels: Channels of those skips: ``(8 * width, 4 * width, width)``.
+        feature_info: The skips as :class:`~transunet.models.base.FeatureInfo` (stride, channels),
+            deepest first.
     """
 
     def __init__(self, block_units: Sequence[int], width_factor: float = 1.0, in_channels: int = 3) -> None:
@@ -96,6 +101,7 @@ class ResNetV2(nn.Module):
         self.out_channels = width * 16
         self.skip_strides = (8, 4, 2)
         self.skip_channels = (width * 8, width * 4, width)
+        self.feature_info = [FeatureInfo(s, c) for s, c in zip(self.skip_strides, self.skip_channels)]
         self.root = nn.Sequential(OrderedDict([
             ("conv", StdConv2d(3, width, 7, stride=2, padding=3, bias=False, input_channels=in_channels)),
             ("gn", nn.GroupNorm(32, width, eps=1e-6)),
@@ -133,3 +139,36 @@ class ResNetV2(nn.Module):
             skips.append(F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x)
         x = self.body[-1](x)  # (B, 16w, H/16, W/16)
         return x, skips[::-1]
+
+
+# ----------------------------------------------------------------------------- Google .npz
+
+
+def google_resnet_key_map(prefix: str, resnet: ResNetV2) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Map the keys of a :class:`ResNetV2` to the BiT/R50+ViT Google ``.npz`` keys.
+
+    Args:
+        prefix: Module path of the ResNet in the model with a trailing dot
+            (``"transformer.embeddings.hybrid_model."`` in TransUNet).
+        resnet: The ResNet (its units decide which projection shortcuts exist).
+
+    Returns:
+        ``{model key: (npz key, transform)}`` (``conv_root``, ``gn_root``, ``blockN/unitM/...``).
+    """
+    m: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+        prefix + "root.conv.weight": ("conv_root/kernel", npz_conv),
+        prefix + "root.gn.weight": ("gn_root/scale", npz_vec),
+        prefix + "root.gn.bias": ("gn_root/bias", npz_vec),
+    }
+    for bname, block in resnet.body.named_children():
+        for uname, unit in block.named_children():
+            ours, g = f"{prefix}body.{bname}.{uname}.", f"{bname}/{uname}/"
+            for j in (1, 2, 3):
+                m[f"{ours}conv{j}.weight"] = (f"{g}conv{j}/kernel", npz_conv)
+                m[f"{ours}gn{j}.weight"] = (f"{g}gn{j}/scale", npz_vec)
+                m[f"{ours}gn{j}.bias"] = (f"{g}gn{j}/bias", npz_vec)
+            if unit.downsample is not None:
+                m[f"{ours}downsample.weight"] = (f"{g}conv_proj/kernel", npz_conv)
+                m[f"{ours}gn_proj.weight"] = (f"{g}gn_proj/scale", npz_vec)
+                m[f"{ours}gn_proj.bias"] = (f"{g}gn_proj/bias", npz_vec)
+    return m

@@ -20,21 +20,32 @@ Differences from the official code, none of which change the computation:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from transunet.errors import check_choice
+from transunet.errors import CheckpointError, check_choice
 from transunet.layers.attention import ATTN_IMPLS
 from transunet.layers.conv_blocks import Conv2dReLU
 from transunet.layers.embed import Embeddings
-from transunet.models.resnetv2 import ResNetV2
-from transunet.models.vit import Encoder, Transformer
+from transunet.layers.pos_embed import resize_pos_embed
+from transunet.models.base import SegmentationModel, check_args, check_img_size
+from transunet.models.resnetv2 import ResNetV2, google_resnet_key_map
+from transunet.models.vit import Encoder, Transformer, google_vit_key_map
 from transunet.registry import register_model
+from transunet.utils import as_pair
+from transunet.weights import ConvertedWeights, ForeignWeights, convert_npz, strip_prefixes
 
-__all__ = ["ARCHS", "DecoderBlock", "DecoderCup", "SegmentationHead", "TransUNet", "build_transunet"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ARCHS", "DecoderBlock", "DecoderCup", "SegmentationHead", "TransUNet", "build_transunet",
+           "google_npz_to_state_dict"]
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -130,7 +141,7 @@ class SegmentationHead(nn.Sequential):
 # ----------------------------------------------------------------------------- model
 
 
-class TransUNet(nn.Module):
+class TransUNet(SegmentationModel):
     """TransUNet: (ResNetV2 ->) ViT encoder -> cascaded upsampler with CNN skips -> head.
 
     Build it through the registry (``create_model("R50-ViT-B_16", num_classes=9, ...)``), which
@@ -156,10 +167,11 @@ class TransUNet(nn.Module):
         decoder_head_channels: Width of ``conv_more``.
 
     Attributes:
-        model_name: Registered name (set by the entry point).
-        model_kwargs: ``create_model`` kwargs that rebuild this model (set by the entry point).
         grid_size: Token grid ``(H / stride, W / stride)``.
     """
+
+    attention_kind = "global"
+    fixed_input_size = True
 
     def __init__(
         self,
@@ -182,12 +194,9 @@ class TransUNet(nn.Module):
         decoder_channels: Sequence[int],
         decoder_head_channels: int,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
+                         size_multiple=patch_size)
         self.model_name = "TransUNet"
-        self.model_kwargs: dict[str, Any] = {}
-        self.num_classes = int(num_classes)
-        self.in_channels = int(in_channels)
-        self.img_size = (int(img_size[0]), int(img_size[1]))
         self.encoder_stride = int(patch_size)
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.hybrid = resnet_units is not None
@@ -205,39 +214,193 @@ class TransUNet(nn.Module):
         self.decoder = DecoderCup(hidden_size, decoder_channels, skip_channels, n_skip, decoder_head_channels)
         self.segmentation_head = SegmentationHead(decoder_channels[-1], num_classes, upsampling=patch_size // 16)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Segment.
 
         Args:
             x: Images ``(B, in_channels, H, W)`` with ``(H, W) == img_size``.
-            return_attention: Also return the attention weights of every transformer block
-                (computed with the explicit path for this call).
 
         Returns:
-            Logits ``(B, num_classes, H, W)``; with ``return_attention`` the tuple
-            ``(logits, [weights (B, heads, N, N)] * num_layers)`` where ``N = gh * gw``.
+            Logits ``(B, num_classes, H, W)``.
         """
-        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"{self.model_name} expects input (B, {self.in_channels}, {self.img_size[0]}, "
-                f"{self.img_size[1]}), got {tuple(x.shape)}; resize the input or rebuild the model "
-                "with matching in_channels/img_size."
-            )
-        encoded, maps, skips = self.transformer(x, return_attention=return_attention)  # (B, N, D)
+        encoded, skips = self.transformer(x)  # (B, N, D)
         B, _, D = encoded.shape
         grid = encoded.transpose(1, 2).reshape(B, D, *self.grid_size)  # (B, D, gh, gw)
-        logits = self.segmentation_head(self.decoder(grid, skips))  # (B, K, H, W)
-        return (logits, maps) if return_attention else logits
+        return self.segmentation_head(self.decoder(grid, skips))  # (B, K, H, W)
 
-    def transformer_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the ViT part: patch/hybrid projection, position embeddings, blocks, norm.
+    # ------------------------------------------------------------------ contract
 
-        Excludes the ResNet backbone, the decoder and the head (used to freeze the transformer).
+    def profile_parts(self) -> list[tuple[str, str]]:
+        """``cnn_encoder`` (ResNetV2), ``embedding``, ``transformer``, ``decoder``, ``head``."""
+        return [
+            ("cnn_encoder", "transformer.embeddings.hybrid_model"),
+            ("embedding", "transformer.embeddings"),
+            ("transformer", "transformer.encoder"),
+            ("decoder", "decoder"),
+            ("head", "segmentation_head"),
+        ]
+
+    def param_groups(self) -> OrderedDict[str, list[nn.Parameter]]:
+        """``cnn_encoder``, ``transformer`` (patch/hybrid projection, position embeddings, blocks,
+        norm), ``decoder`` and ``head``: freezing ``transformer`` is the paper's two-stage setup."""
+        groups = super().param_groups()
+        vit = groups.pop("embedding", []) + groups.pop("transformer", [])
+        out: OrderedDict[str, list[nn.Parameter]] = OrderedDict()
+        if "cnn_encoder" in groups:
+            out["cnn_encoder"] = groups.pop("cnn_encoder")
+        out["transformer"] = vit
+        out.update(groups)
+        return out
+
+    def attention_grid(self) -> tuple[int, int]:
+        """The token grid ``(H / stride, W / stride)`` of the global attention maps."""
+        return self.grid_size
+
+    # ------------------------------------------------------------------ weights
+
+    def convert_state_dict(self, weights: ForeignWeights) -> ConvertedWeights:
+        """Google ViT / R50+ViT ``.npz``, official TransUNet state dicts and our checkpoints.
+
+        ``.npz``: the encoder is converted (:func:`google_vit_key_map`,
+        :func:`google_resnet_key_map`), the class-token position dropped and the position grid
+        resized (``scipy.ndimage.zoom(order=1)``, as the official ``load_from``); the ImageNet
+        classifier entries are dropped; decoder and head stay random, as in the official code.
+        State dicts: the official module names equal ours (position embeddings of another grid are
+        resized by :meth:`adapt_state_dict` when loading as pretrained weights).
         """
-        for name, p in self.transformer.named_parameters():
-            if not name.startswith("embeddings.hybrid_model."):
-                yield p
+        if weights.kind == "npz":
+            return _convert_google_npz(self, weights.tensors, weights.source)
+        return ConvertedWeights(strip_prefixes(weights.tensors), [])
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor], weights: ForeignWeights) -> dict[str, torch.Tensor]:
+        """Resize position embeddings made for another token grid (bilinear, as the official code)."""
+        sd = dict(state_dict)
+        own = self.state_dict()
+        if POS_KEY in sd and POS_KEY in own and tuple(sd[POS_KEY].shape) != tuple(own[POS_KEY].shape):
+            pos = sd[POS_KEY]
+            old = _checkpoint_grid(weights.meta, int(pos.shape[1])) if weights.kind == "checkpoint" else None
+            if old is None:
+                g = _square_grid(int(pos.shape[1]))
+                if g is None:
+                    raise CheckpointError(
+                        f"{weights.source}: '{POS_KEY}' has {pos.shape[1]} positions, not a square grid; "
+                        "load it into a model of the img_size it was trained with."
+                    )
+                old = (g, g)
+            if pos.ndim == 3 and pos.shape[2] == own[POS_KEY].shape[2]:
+                sd[POS_KEY] = resize_pos_embed(pos, old, self.grid_size)
+        return sd
+
+    def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+        """Position embeddings (img_size) and decoder inputs (n_skip) get their own causes."""
+        if key.endswith("position_embeddings"):
+            n_file = file_shape[1] if len(file_shape) > 1 else "?"
+            n_model = model_shape[1] if len(model_shape) > 1 else "?"
+            if len(file_shape) > 2 and len(model_shape) > 2 and file_shape[2] != model_shape[2]:
+                return "the hidden size differs: check the model name"
+            return (f"the file was made for another img_size ({n_file} token positions, this model has "
+                    f"{n_model}); pass the img_size it was trained with")
+        if key.startswith("decoder.blocks.") and ".conv1." in key and file_shape[:1] == model_shape[:1]:
+            return "the file was made with another n_skip (the decoder's skip inputs differ)"
+        return None
+
+    def explain_keys(self, keys: Sequence[str]) -> str | None:
+        """Hybrid vs pure ViT, ResNet units and transformer depth."""
+        if any(".hybrid_model." in k for k in keys):
+            return ("a hybrid R50-ViT model vs a pure ViT model: check the model name"
+                    if not self.hybrid or any(k.endswith("root.conv.weight") for k in keys)
+                    else "a ResNet with another number of units per stage: check the model name")
+        if any(".encoder.layer." in k for k in keys):
+            return "another number of transformer layers: check the model name"
+        return None
+
+
+# ----------------------------------------------------------------------------- weight converters
+
+POS_KEY = "transformer.embeddings.position_embeddings"
+NPZ_POS_KEY = "Transformer/posembed_input/pos_embedding"
+#: Google ``.npz`` entries that belong to the ImageNet classifier and are never used.
+NPZ_IGNORED_PREFIXES = ("cls", "head/", "pre_logits/")
+
+
+def _square_grid(n: int) -> int | None:
+    g = math.isqrt(n)
+    return g if g * g == n else None
+
+
+def _checkpoint_grid(ckpt: Mapping[str, Any], n_tokens: int) -> tuple[int, int] | None:
+    """The token grid a checkpoint of ours was trained with (from its recorded arguments)."""
+    kwargs = (ckpt.get("model") or {}).get("kwargs") or {}
+    size, stride = kwargs.get("img_size"), kwargs.get("patch_size")
+    if size is None:
+        return None
+    h, w = as_pair(size)
+    name = (ckpt.get("model") or {}).get("name")
+    if stride is None:
+        stride = ARCHS.get(str(name), {}).get("patch_size", 16)
+    return (h // stride, w // stride) if (h // stride) * (w // stride) == n_tokens else None
+
+
+def _npz_pos_embed(posemb: np.ndarray, grid: tuple[int, int], source: str) -> torch.Tensor:
+    """Google position embeddings (with class token) -> ``(1, gh*gw, D)`` for ``grid``."""
+    if posemb.ndim != 3 or posemb.shape[0] != 1:
+        raise CheckpointError(f"{source}: '{NPZ_POS_KEY}' has shape {posemb.shape}, expected (1, N, D).")
+    n = posemb.shape[1]
+    if _square_grid(n - 1) is not None:  # class token first (all Google ViT checkpoints)
+        posemb, n = posemb[:, 1:], n - 1
+    g = _square_grid(n)
+    if g is None:
+        raise CheckpointError(
+            f"{source}: '{NPZ_POS_KEY}' holds {posemb.shape[1]} positions, not a square grid "
+            "(with or without a class token); the file is not a ViT checkpoint."
+        )
+    return resize_pos_embed(posemb, (g, g), grid)
+
+
+def google_npz_to_state_dict(npz: Mapping[str, np.ndarray], model: TransUNet, source: str = "<npz>"
+                             ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Convert Google ViT ``.npz`` arrays into a (partial) state dict for a TransUNet model.
+
+    Args:
+        npz: Arrays by Google key (e.g. ``np.load(path)``).
+        model: The target model (defines which keys and shapes are needed).
+        source: File name for messages.
+
+    Returns:
+        ``(state_dict, missing, unused)``: converted tensors, model keys without a counterpart in
+        the file, and file keys that were not used (the classifier ``head``, ``pre_logits`` and
+        ``cls`` entries included).
+
+    Raises:
+        CheckpointError: When a converted array's shape does not match the model.
+    """
+    key_map = google_vit_key_map("transformer.", len(model.transformer.encoder.layer))
+    if model.hybrid:
+        key_map.update(google_resnet_key_map("transformer.embeddings.hybrid_model.",
+                                             model.transformer.embeddings.hybrid_model))
+    out, used_list = convert_npz(npz, key_map, model, source)
+    used = set(used_list)
+    own = model.state_dict()
+    if NPZ_POS_KEY in npz:
+        pos = _npz_pos_embed(np.asarray(npz[NPZ_POS_KEY]), model.grid_size, source)
+        if tuple(pos.shape) != tuple(own[POS_KEY].shape):
+            raise CheckpointError(
+                f"{source}: '{NPZ_POS_KEY}' gives shape {tuple(pos.shape)} but '{POS_KEY}' has shape "
+                f"{tuple(own[POS_KEY].shape)}; the hidden size differs: check the model name."
+            )
+        out[POS_KEY] = pos
+        used.add(NPZ_POS_KEY)
+    missing = [k for k in own if k not in out]
+    unused = [k for k in npz if k not in used]
+    return out, missing, unused
+
+
+def _convert_google_npz(model: TransUNet, npz: Mapping[str, np.ndarray], source: str) -> ConvertedWeights:
+    sd, _missing, unused = google_npz_to_state_dict(npz, model, source)
+    ignored = [k for k in unused if k.startswith(NPZ_IGNORED_PREFIXES)]
+    if ignored:
+        log.info("%s: %d ImageNet classifier entries ignored", source, len(ignored))
+    return ConvertedWeights(sd, [k for k in unused if k not in ignored])
 
 
 # ----------------------------------------------------------------------------- registry
@@ -278,20 +441,6 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def _pair(img_size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(img_size, bool):
-        raise ValueError(f"img_size={img_size!r} is invalid for {name}: give an int or (H, W), e.g. 224.")  # noqa: TRY004
-    if isinstance(img_size, int):
-        return (img_size, img_size)
-    try:
-        h, w = (int(v) for v in img_size)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"img_size={img_size!r} is invalid for {name}: give an int or (H, W), e.g. (224, 224)."
-        ) from None
-    return (h, w)
-
-
 def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in_channels: int = 1,
                     img_size: int | Sequence[int] = 224, n_skip: int | None = None,
                     dropout: float = 0.1, attn_dropout: float = 0.0, drop_path: float = 0.0,
@@ -311,16 +460,8 @@ def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in
         attn_impl: ``"fused"`` or ``"explicit"``.
         **arch_overrides: Replace architecture arguments (e.g. ``num_layers=2`` for tests).
     """
-    unknown = sorted(set(arch_overrides) - set(arch))
-    if unknown:
-        from transunet.errors import did_you_mean
-
-        valid = ["num_classes", "in_channels", "img_size", "n_skip", "dropout", "attn_dropout",
-                 "drop_path", "attn_impl", *arch]
-        raise ValueError(
-            f"{name} got unknown argument {unknown[0]!r}; valid arguments: {', '.join(valid)}."
-            + did_you_mean(unknown[0], valid)
-        )
+    check_args(name, arch_overrides, ["num_classes", "in_channels", "img_size", "n_skip", "dropout",
+                                      "attn_dropout", "drop_path", "attn_impl", *arch])
     a = {**arch, **arch_overrides}
     stride = int(a["patch_size"])
     hybrid = a["resnet_units"] is not None
@@ -328,13 +469,11 @@ def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in
         raise ValueError(f"patch_size={stride} is invalid for {name}: it must be a multiple of 16, e.g. 16.")
     if hybrid and stride != 16:
         raise ValueError(f"patch_size={stride} is invalid for hybrid {name}: the ResNet encoder has stride 16; use 16.")
-    h, w = _pair(img_size, name)
-    if h < stride or w < stride or h % stride or w % stride:
-        closest = (max(stride, round(h / stride) * stride), max(stride, round(w / stride) * stride))
-        raise ValueError(
-            f"img_size=({h}, {w}) is invalid for {name}: height and width must be positive multiples "
-            f"of the encoder stride {stride}; the closest valid size is {closest}."
-        )
+    try:
+        size = as_pair(img_size, "img_size")
+    except ValueError as e:
+        raise ValueError(f"{e} ({name})") from None
+    h, w = check_img_size(name, size, stride)
     if in_channels not in (1, 3):
         closest_c = 1 if in_channels < 2 else 3
         raise ValueError(f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; closest valid: {closest_c}.")

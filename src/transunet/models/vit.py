@@ -4,11 +4,18 @@ Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recog
 arXiv 2010.11929. Pre-norm blocks (LayerNorm eps 1e-6), exact GELU, learned position embeddings,
 no class token (TransUNet's ``classifier="seg"``). Module names follow the official TransUNet
 ``vit_seg_modeling.py`` (``transformer.embeddings`` / ``transformer.encoder.layer.N.attn.query`` ...)
-so its state dicts load without renaming.
+so its state dicts load without renaming. Attention maps are recorded by the attention layers
+themselves (:meth:`transunet.models.base.SegmentationModel.capture_attention`).
+
+The Google ViT ``.npz`` key map (:func:`google_vit_key_map`) lives here, beside the modules it
+fills; architectures that embed this encoder compose it with their own maps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,8 +23,9 @@ from transunet.layers.attention import Attention
 from transunet.layers.drop_path import DropPath
 from transunet.layers.embed import Embeddings
 from transunet.layers.mlp import Mlp
+from transunet.weights import npz_conv, npz_dense, npz_vec
 
-__all__ = ["Block", "Encoder", "Transformer"]
+__all__ = ["Block", "Encoder", "Transformer", "google_vit_key_map"]
 
 
 class Block(nn.Module):
@@ -42,20 +50,18 @@ class Block(nn.Module):
         self.attn = Attention(hidden_size, num_heads, attn_dropout, attn_impl)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: ``(B, N, D)``.
-            return_attention: Return this block's attention weights.
 
         Returns:
-            ``(x (B, N, D), weights (B, h, N, N) or None)``.
+            ``(B, N, D)``.
         """
-        h, weights = self.attn(self.attention_norm(x), return_attention=return_attention)
-        x = x + self.drop_path(h)
+        x = x + self.drop_path(self.attn(self.attention_norm(x)))
         x = x + self.drop_path(self.ffn(self.ffn_norm(x)))
-        return x, weights
+        return x
 
 
 class Encoder(nn.Module):
@@ -82,22 +88,18 @@ class Encoder(nn.Module):
         )
         self.encoder_norm = nn.LayerNorm(hidden_size, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode tokens.
 
         Args:
             x: ``(B, N, D)``.
-            return_attention: Collect every block's attention weights.
 
         Returns:
-            ``(encoded (B, N, D), [weights (B, h, N, N)] * num_layers or [])``.
+            Encoded tokens ``(B, N, D)``.
         """
-        maps: list[torch.Tensor] = []
         for blk in self.layer:
-            x, w = blk(x, return_attention=return_attention)
-            if w is not None:
-                maps.append(w)
-        return self.encoder_norm(x), maps
+            x = blk(x)
+        return self.encoder_norm(x)
 
 
 class Transformer(nn.Module):
@@ -113,17 +115,61 @@ class Transformer(nn.Module):
         self.embeddings = embeddings
         self.encoder = encoder
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False
-                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Embed and encode.
 
         Args:
             x: Image ``(B, C, H, W)``.
-            return_attention: Collect attention weights.
 
         Returns:
-            ``(encoded (B, N, D), attention maps, CNN skips deepest-first)``.
+            ``(encoded (B, N, D), CNN skips deepest-first)``.
         """
         tokens, skips = self.embeddings(x)  # (B, N, D)
-        encoded, maps = self.encoder(tokens, return_attention=return_attention)
-        return encoded, maps, skips
+        return self.encoder(tokens), skips
+
+
+# ----------------------------------------------------------------------------- Google .npz
+
+
+def _qkv(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1).T  # (D, h, d) -> (h*d, D)
+
+
+def _attn_out(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1]).T  # (h, d, D) -> (D, h*d)
+
+
+def google_vit_key_map(prefix: str, num_layers: int, *, patch_embedding: str | None = "patch_embeddings"
+                       ) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Map the keys of an :class:`Encoder` (and its patch embedding) to Google ViT ``.npz`` keys.
+
+    Args:
+        prefix: Module path of the :class:`Transformer` in the model, with a trailing dot
+            (``"transformer."``): the encoder is ``prefix + "encoder."``, the embedding
+            ``prefix + "embeddings."``.
+        num_layers: Transformer blocks of the model.
+        patch_embedding: Name of the patch-embedding conv under ``embeddings`` (``None``: skip).
+
+    Returns:
+        ``{model key: (npz key, transform)}``; the position embeddings are not included (they
+        need the grid resize of :func:`transunet.layers.pos_embed.resize_pos_embed`).
+    """
+    m: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {}
+    if patch_embedding is not None:
+        m[f"{prefix}embeddings.{patch_embedding}.weight"] = ("embedding/kernel", npz_conv)
+        m[f"{prefix}embeddings.{patch_embedding}.bias"] = ("embedding/bias", npz_vec)
+    m[f"{prefix}encoder.encoder_norm.weight"] = ("Transformer/encoder_norm/scale", npz_vec)
+    m[f"{prefix}encoder.encoder_norm.bias"] = ("Transformer/encoder_norm/bias", npz_vec)
+    for i in range(num_layers):
+        ours, g = f"{prefix}encoder.layer.{i}.", f"Transformer/encoderblock_{i}/"
+        for name in ("query", "key", "value", "out"):
+            npz = f"{g}MultiHeadDotProductAttention_1/{name}/"
+            m[f"{ours}attn.{name}.weight"] = (npz + "kernel", _attn_out if name == "out" else _qkv)
+            m[f"{ours}attn.{name}.bias"] = (npz + "bias", npz_vec)
+        for fc, dense in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
+            m[f"{ours}ffn.{fc}.weight"] = (f"{g}MlpBlock_3/{dense}/kernel", npz_dense)
+            m[f"{ours}ffn.{fc}.bias"] = (f"{g}MlpBlock_3/{dense}/bias", npz_vec)
+        for norm, ln in (("attention_norm", "LayerNorm_0"), ("ffn_norm", "LayerNorm_2")):
+            m[f"{ours}{norm}.weight"] = (f"{g}{ln}/scale", npz_vec)
+            m[f"{ours}{norm}.bias"] = (f"{g}{ln}/bias", npz_vec)
+    return m

@@ -1,9 +1,10 @@
 """Attention maps of the transformer encoder: per-head maps and attention rollout.
 
-Every TransUNet-family model with a transformer returns its attention probabilities when called as
-``model(x, return_attention=True) -> (logits, [attn_layer_1, ..., attn_layer_L])`` with each
-``attn`` shaped ``(B, heads, N, N)`` over the ``N = gh * gw`` patch tokens (no class token). This
-module turns them into pictures:
+A model declares its attention capability (``model.attention_kind``); one with ``global``
+attention records, inside ``with model.capture_attention() as cap: model(x)``, one
+``(B, heads, N, N)`` softmax map per layer over the ``N = gh * gw`` tokens of ``cap.grid`` (no
+class token). This module turns global maps into pictures (other kinds are skipped with a note by
+the report):
 
 * :func:`head_maps` – what each head of one layer attends to from one query token;
 * :func:`attention_rollout` – Abnar & Zuidema 2020, *Quantifying Attention Flow in Transformers*
@@ -68,18 +69,18 @@ def attention_rollout(attentions: Sequence[torch.Tensor], *, add_identity: bool 
     return result
 
 
-def head_maps(attention: torch.Tensor, query: int, grid_size: Sequence[int]) -> np.ndarray:
+def head_maps(attention: torch.Tensor, query: int, grid: Sequence[int]) -> np.ndarray:
     """Per-head attention of one query token, as token-grid maps.
 
     Args:
         attention: One layer's attention ``(B, heads, N, N)``; batch element 0 is used.
         query: Index of the query token in ``[0, N)`` (row-major over the grid).
-        grid_size: Token grid ``(gh, gw)`` with ``gh * gw == N``.
+        grid: Token grid ``(gh, gw)`` with ``gh * gw == N``.
 
     Returns:
         ``(heads, gh, gw)`` float32 array; each map sums to 1.
     """
-    gh, gw = int(grid_size[0]), int(grid_size[1])
+    gh, gw = int(grid[0]), int(grid[1])
     if attention.ndim != 4 or attention.shape[-1] != gh * gw:
         raise ValueError(
             f"attention shaped {tuple(attention.shape)} does not match the token grid {gh}x{gw} "
@@ -91,19 +92,19 @@ def head_maps(attention: torch.Tensor, query: int, grid_size: Sequence[int]) -> 
     return rows.reshape(-1, gh, gw)  # (heads, gh, gw)
 
 
-def token_index(point: tuple[int, int], image_shape: Sequence[int], grid_size: Sequence[int]) -> int:
+def token_index(point: tuple[int, int], image_shape: Sequence[int], grid: Sequence[int]) -> int:
     """The token whose patch covers ``point`` once the image is resized to the network input.
 
     Args:
         point: ``(row, col)`` in image pixels.
         image_shape: ``(H, W)`` of the image.
-        grid_size: Token grid ``(gh, gw)``.
+        grid: Token grid ``(gh, gw)``.
 
     Returns:
         Row-major token index ``r * gw + c``.
     """
     h, w = int(image_shape[0]), int(image_shape[1])
-    gh, gw = int(grid_size[0]), int(grid_size[1])
+    gh, gw = int(grid[0]), int(grid[1])
     r = min(gh - 1, max(0, int((point[0] + 0.5) * gh / h)))
     c = min(gw - 1, max(0, int((point[1] + 0.5) * gw / w)))
     return r * gw + c
@@ -147,7 +148,7 @@ class AttentionResult:
     Args:
         heads: Last-layer attention of the query per head, ``(heads, gh, gw)``.
         rollout: Rollout row of the query, ``(gh, gw)``.
-        grid_size: Token grid ``(gh, gw)``.
+        grid: Token grid ``(gh, gw)``.
         query: Query token index.
         point: Query pixel ``(row, col)`` in the slice.
         n_layers: Number of transformer layers.
@@ -155,15 +156,21 @@ class AttentionResult:
 
     heads: np.ndarray
     rollout: np.ndarray
-    grid_size: tuple[int, int]
+    grid: tuple[int, int]
     query: int
     point: tuple[int, int]
     n_layers: int
 
 
+def attention_kind(model: nn.Module) -> str | None:
+    """The attention a model can expose (``global``, ``window``, ...), ``None`` when it has none."""
+    kind = getattr(model, "attention_kind", None)
+    return str(kind) if kind is not None and callable(getattr(model, "capture_attention", None)) else None
+
+
 def supports_attention(model: nn.Module) -> bool:
-    """True when ``model`` exposes a token grid (a transformer encoder whose attention we can map)."""
-    return getattr(model, "grid_size", None) is not None
+    """True when ``model`` exposes global token attention that :func:`slice_attention` can map."""
+    return attention_kind(model) == "global"
 
 
 @torch.no_grad()
@@ -176,11 +183,12 @@ def slice_attention(
 ) -> AttentionResult:
     """Run one slice through ``model`` and collect the attention of the token at ``point``.
 
-    The slice is prepared exactly as for prediction (cubic resize to the network input, channel
-    repeat for 3-channel models).
+    The slice is prepared exactly as for prediction (cubic resize to the network input; the
+    model brings the channel to its own).
 
     Args:
-        model: Model supporting ``model(x, return_attention=True)`` and exposing ``grid_size``.
+        model: A model with ``attention_kind == "global"`` (see
+            :meth:`~transunet.models.base.SegmentationModel.capture_attention`).
         image: Normalised slice ``(H, W)``.
         point: Query pixel ``(row, col)`` in the slice.
         img_size: Network input ``(h, w)``.
@@ -188,43 +196,39 @@ def slice_attention(
 
     Returns:
         The per-head maps of the last layer and the rollout for the query token.
+
+    Raises:
+        TransUNetError: The model has no global attention or recorded none.
     """
     from transunet.infer import _resize_slice
 
     if image.ndim != 2:
         raise ValueError(f"slice_attention expects an (H, W) slice, got shape {image.shape}.")
-    grid = getattr(model, "grid_size", None)
-    if grid is None:
-        raise TransUNetError(
-            f"{type(model).__name__} has no transformer token grid (model.grid_size); attention maps "
-            "need a TransUNet/ViT model."
-        )
-    grid_size = (int(grid[0]), int(grid[1]))
+    name = getattr(model, "model_name", type(model).__name__)
+    if not supports_attention(model):
+        raise TransUNetError(f"{name} has no global token attention (attention_kind="
+                             f"{getattr(model, 'attention_kind', None)!r}); attention maps need a transformer encoder.")
     x = _resize_slice(np.asarray(image, dtype=np.float32), img_size, 3)
     xt = torch.from_numpy(np.ascontiguousarray(x)).float()[None, None].to(device)  # (1, 1, h, w)
-    if int(getattr(model, "in_channels", 1)) == 3:
-        xt = xt.repeat(1, 3, 1, 1)
     was_training = model.training
     model.eval()
     try:
-        out = model(xt, return_attention=True)
+        with model.capture_attention() as cap:
+            model(xt)
     finally:
         model.train(was_training)
-    if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TransUNetError(
-            f"{type(model).__name__}(x, return_attention=True) must return (logits, attentions)."
-        )
-    attentions = [a.detach().float().cpu() for a in out[1]]
-    if not attentions:
-        raise TransUNetError(f"{type(model).__name__} returned no attention maps.")
-    query = token_index(point, image.shape, grid_size)
-    heads = head_maps(attentions[-1], query, grid_size)
-    roll = attention_rollout(attentions)[0, query].numpy().reshape(grid_size)  # (gh, gw)
-    return AttentionResult(heads=heads, rollout=roll, grid_size=grid_size, query=query,
+    attentions = [a.detach().float().cpu() for a in cap.maps]
+    if not attentions or cap.grid is None:
+        raise TransUNetError(f"{name} recorded no global attention maps.")
+    grid = (int(cap.grid[0]), int(cap.grid[1]))
+    query = token_index(point, image.shape, grid)
+    heads = head_maps(attentions[-1], query, grid)
+    roll = attention_rollout(attentions)[0, query].numpy().reshape(grid)  # (gh, gw)
+    return AttentionResult(heads=heads, rollout=roll, grid=grid, query=query,
                            point=point, n_layers=len(attentions))
 
 
 __all__ = [
-    "AttentionResult", "attention_rollout", "head_maps", "query_point", "slice_attention",
+    "AttentionResult", "attention_kind", "attention_rollout", "head_maps", "query_point", "slice_attention",
     "supports_attention", "token_index", "upsample_map",
 ]

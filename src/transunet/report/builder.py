@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from transunet.checkpoint import checkpoint_img_size
 from transunet.errors import DataError, TransUNetError
 from transunet.paths import RunPaths, run_folder_of
 from transunet.report import attention as att
@@ -216,6 +215,7 @@ def make_report(
     device: str = "auto",
     summary: str | Path | None = None,
     out_dir: str | Path | None = None,
+    predictor: Any = None,
 ) -> Path:
     """Write the HTML report of an evaluated run and return the path of ``index.html``.
 
@@ -227,6 +227,8 @@ def make_report(
         device: Device for the few forward passes (``auto``, ``cpu``, ``cuda``, ``mps``).
         summary: An explicit ``summary.json`` (e.g. from ``evaluate --out``) instead of the run's.
         out_dir: Output folder (default ``RUN/report``).
+        predictor: A :class:`~transunet.infer.Predictor` already built from the run's checkpoint
+            (``transunet evaluate`` passes its own, so the checkpoint is read once).
 
     Returns:
         Path of the written ``index.html``.
@@ -247,10 +249,13 @@ def make_report(
     # -- model and data (each optional: sections explain what is missing)
     ckpt_path = _find_checkpoint(summ, paths)
     model = ckpt = None
-    if ckpt_path is not None:
-        from transunet.checkpoint import model_from_checkpoint
+    if predictor is None and ckpt_path is not None:
+        from transunet.infer import Predictor
 
-        model, ckpt = model_from_checkpoint(ckpt_path, dev)
+        predictor = Predictor.from_checkpoint(ckpt_path, dev)
+    if predictor is not None:
+        model, ckpt = predictor.model, predictor.checkpoint
+        ckpt_path = predictor.path or ckpt_path
     cfg = _run_config(paths, ckpt)
     data_root = _data_root(data, summ, cfg)
 
@@ -263,7 +268,7 @@ def make_report(
         ("cases", summ.get("n_cases", len(summ.get("cases", [])))),
         ("checkpoint", summ.get("checkpoint") or ckpt_path),
         ("model", f"{model_name} ({n_params:,} parameters)" if model_name else None),
-        ("input size", "×".join(map(str, checkpoint_img_size(ckpt, ckpt_path))) if model is not None else None),
+        ("input size", "×".join(map(str, predictor.img_size)) if predictor is not None else None),
         ("data", summ.get("data_root") or data_root),
         ("written", _dt.datetime.now().isoformat(timespec="seconds")),
     ])
@@ -324,10 +329,8 @@ def make_report(
             pred = _saved_prediction(cases.get(case_id, {}), summary_path.parent, root, vol.label.shape)
             if pred is not None:
                 pred_slices = pred[idx]
-            elif model is not None:
-                from transunet.infer import predict_volume
-
-                pred_slices = predict_volume(model, vol.image[idx], checkpoint_img_size(ckpt, ckpt_path), device=dev)
+            elif predictor is not None:
+                pred_slices = predictor.predict_volume(vol.image[idx])
             else:
                 sec.body.append(_note(f"{case_id}: no saved prediction and no checkpoint to predict with."))
                 continue
@@ -344,11 +347,15 @@ def make_report(
     steps.update()
 
     # -- attention
-    sec = page.section("Transformer attention")
+    sec = page.section("Attention")
+    kind = att.attention_kind(model) if model is not None else None
     if model is None:
         sec.body.append(_note("No checkpoint found: attention maps need the model."))
-    elif not att.supports_attention(model):
-        sec.body.append(_note(f"{model_name} has no transformer encoder: no attention to show."))
+    elif kind is None:
+        sec.body.append(_note(f"{model_name} has no attention layers: no attention to show."))
+    elif kind != "global":
+        sec.body.append(_note(f"{model_name} has {kind} attention; this report draws global (token) "
+                              "attention maps only, so none are shown."))
     elif attention_input is None:
         sec.body.append(_note("No slice with ground truth available to place the query token."))
     else:
@@ -358,9 +365,9 @@ def make_report(
         point = att.query_point(label == organ)
         organ_name = class_names[organ] if organ < len(class_names) else f"class {organ}"
         try:
-            res = att.slice_attention(model, image, point, checkpoint_img_size(ckpt, ckpt_path), dev)
-        except (TypeError, TransUNetError) as e:
-            sec.body.append(_note(f"{model_name} did not return attention maps ({e})."))
+            res = att.slice_attention(model, image, point, predictor.img_size, dev)
+        except (TypeError, ValueError, NotImplementedError, TransUNetError) as e:
+            sec.body.append(_note(f"{model_name} did not give attention maps ({' '.join(str(e).split())})."))
         else:
             where = f"{case_id}, slice {s}, query at the centre of the {organ_name}"
             page.figure(sec, plots.plot_attention_rollout(image, res, label, class_names,
@@ -373,7 +380,7 @@ def make_report(
             page.figure(sec, plots.plot_attention_heads(image, res, f"Last layer, per head: {where}"),
                         "attention_heads.png",
                         f"{where}. What each head of layer {res.n_layers} attends to from the query token "
-                        f"(token grid {res.grid_size[0]}×{res.grid_size[1]} upsampled over the slice).")
+                        f"(token grid {res.grid[0]}×{res.grid[1]} upsampled over the slice).")
     steps.update()
 
     title = f"transunet report: {root.name} ({summ.get('split', split)})"

@@ -372,7 +372,7 @@ def plot_attention_rollout(image: np.ndarray, result: AttentionResult, label: np
         ax.imshow(label_rgba(label[box], alpha=0.35), interpolation="nearest")
     ax.plot(result.point[1] - box[1].start, result.point[0] - box[0].start, marker="x", color="cyan",
             ms=9, mew=2.5)
-    gh, gw = result.grid_size
+    gh, gw = result.grid
     ax.set_title(f"query token {result.query} (row {result.query // gw}, col {result.query % gw} "
                  f"of {gh}×{gw})", fontsize=9)
     ax.set_xticks([])

@@ -30,7 +30,7 @@ class PolySchedule:
         base_lr: Learning rate at iteration 0.
         total_iterations: Iterations of the whole run (the decay reaches 0 there).
         power: Poly exponent (0.9 in the paper).
-        freeze_epochs: Epochs of stage 1 (transformer frozen); 0 disables two-stage training.
+        freeze_epochs: Epochs of stage 1 (one parameter group frozen); 0 disables two-stage training.
         stage2_lr_scale: Factor applied to the learning rate from the first stage-2 iteration.
         iterations_per_epoch: Iterations per epoch, to locate the stage boundary.
     """
@@ -67,10 +67,13 @@ class PolySchedule:
         return self.base_lr * scale * (1.0 - frac) ** self.power
 
     def apply(self, optimizer: torch.optim.Optimizer, iteration: int) -> float:
-        """Set the learning rate of every parameter group for ``iteration``; return it."""
+        """Set the learning rate of every parameter group for ``iteration``; return the base rate.
+
+        A group's ``lr_scale`` entry (``train.lr_scales``) multiplies its rate.
+        """
         lr = self.lr(iteration)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_scale", 1.0))
         return lr
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,9 +9,11 @@
 3. builds the model from the registry, loads ``model.pretrained`` on a fresh start, or restores
    model, optimizer, AMP scaler, epoch, iteration, best score, history and RNG states from
    ``checkpoints/last.pt`` when resuming;
-4. trains with SGD, the poly schedule per iteration (:mod:`transunet.train.schedule`),
-   ``0.5 * CE + 0.5 * Dice`` (:mod:`transunet.losses`), optional bf16/fp16 autocast, optional
-   two-stage training (transformer frozen for the first epochs), gradient clipping;
+4. trains with SGD (or Adam/AdamW, per-group learning-rate factors from the model's
+   ``param_groups()``), the poly schedule per iteration (:mod:`transunet.train.schedule`),
+   ``0.5 * CE + 0.5 * Dice`` (:mod:`transunet.losses`; weighted over the outputs of a deeply
+   supervised model), optional bf16/fp16 autocast, optional two-stage training (one parameter
+   group, the transformer by default, frozen for the first epochs), gradient clipping;
 5. after each epoch: validation every ``train.val_every`` epochs and after the last epoch
    (mean foreground Dice, :mod:`transunet.train.validation`), ``last.pt`` every epoch and
    ``best.pt`` on improvement, ``metrics.csv``, ``progress.png`` and TensorBoard events; only
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -42,7 +45,7 @@ from tqdm.auto import tqdm
 
 from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes
 from transunet.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
-from transunet.errors import ConfigError, DataError, TransUNetError
+from transunet.errors import ConfigError, DataError, TransUNetError, did_you_mean
 from transunet.losses import DiceCELoss
 from transunet.paths import RunPaths, run_paths
 from transunet.train.distributed import (
@@ -194,17 +197,91 @@ def _preflight(cfg: ExperimentConfig, paths: RunPaths, resume: bool, world_size:
             f"model.pretrained={cfg.model.pretrained!r} does not exist; download the Google ViT "
             "weights (see the README, 'Pretrained weights') or set model.pretrained=null."
         )
+    check_model_config(cfg)
+
+
+def check_model_config(cfg: ExperimentConfig) -> nn.Module:
+    """Build the configured model on the ``meta`` device (no memory) to validate ``model.*``.
+
+    Returns the meta model; raises :class:`ConfigError` with the model's own message (unknown
+    ``model.args`` key, bad value, an ``img_size`` the architecture cannot take, a freeze group
+    or learning-rate group it does not have) before anything is written.
+
+    Args:
+        cfg: Experiment config.
+    """
+    from transunet.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg.model.name, **cfg.model.model_kwargs())
+    except (ValueError, TypeError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"model: {msg}") from None
+    groups = list(_param_groups(model))
+    if cfg.train.freeze_epochs > 0 and cfg.train.freeze_group not in groups:
+        raise ConfigError(
+            f"train.freeze_group={cfg.train.freeze_group!r} is not a parameter group of {cfg.model.name} "
+            f"(groups: {', '.join(groups)}); choose one or set train.freeze_epochs=0."
+            + did_you_mean(cfg.train.freeze_group, groups))
+    for name in cfg.train.lr_scales:
+        if name not in groups:
+            raise ConfigError(f"train.lr_scales names {name!r}, which is not a parameter group of "
+                              f"{cfg.model.name} (groups: {', '.join(groups)})." + did_you_mean(name, groups))
+    return model
 
 
 # ----------------------------------------------------------------------------- model helpers
 
 
-def _set_frozen(model: nn.Module, frozen: bool) -> int:
-    """Freeze (or unfreeze) the transformer; return the number of affected parameters."""
-    params = list(model.transformer_parameters())  # type: ignore[operator]
+def _param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's named parameter groups (one group ``all`` for a model without the contract)."""
+    groups = getattr(model, "param_groups", None)
+    return dict(groups()) if callable(groups) else {"all": list(model.parameters())}
+
+
+def _set_frozen(model: nn.Module, group: str, frozen: bool) -> int:
+    """Freeze (or unfreeze) one parameter group; return the number of affected parameters."""
+    params = _param_groups(model)[group]
     for p in params:
         p.requires_grad_(not frozen)
     return sum(p.numel() for p in params)
+
+
+def build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameter groups (``lr_scale`` kept per group).
+
+    Args:
+        model: The model (its ``param_groups()`` name the groups).
+        cfg: Experiment config (``train.optimizer``, ``lr``, ``momentum``, ``betas``,
+            ``weight_decay``, ``lr_scales``).
+    """
+    t = cfg.train
+    groups = [{"params": params, "name": name, "lr_scale": float(t.lr_scales.get(name, 1.0)),
+               "lr": t.lr * float(t.lr_scales.get(name, 1.0))}
+              for name, params in _param_groups(model).items() if params]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def deep_supervision_weights(n: int, given: tuple[float, ...] | None) -> list[float]:
+    """Loss weights of ``n`` outputs: ``given`` (normalised) or halving weights normalised to 1.
+
+    Args:
+        n: Number of outputs (full resolution first).
+        given: ``train.deep_supervision_weights`` or ``None``.
+    """
+    if given is not None:
+        if len(given) != n:
+            raise ConfigError(f"train.deep_supervision_weights has {len(given)} weights but the model "
+                              f"returns {n} outputs; give {n} weights or null.")
+        w = [float(v) for v in given]
+    else:
+        w = [0.5 ** i for i in range(n)]
+    total = sum(w)
+    return [v / total for v in w]
 
 
 def _wrap(model: nn.Module, info: DistInfo) -> nn.Module:
@@ -218,7 +295,7 @@ def _wrap(model: nn.Module, info: DistInfo) -> nn.Module:
 def _model_kwargs(cfg: ExperimentConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """``create_model`` kwargs: the model's own record when it keeps one, else the config's."""
     own = getattr(model, "model_kwargs", None)
-    return dict(own) if isinstance(own, dict) else dict(cfg.model.model_kwargs())
+    return dict(own) if isinstance(own, dict) and own else dict(cfg.model.model_kwargs())
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -263,17 +340,15 @@ class Trainer:
         configure_determinism(cfg.train.deterministic)
         self.model: nn.Module = create_model(cfg.model.name, **_model_kwargs(cfg))
         self.model_name = str(getattr(self.model, "model_name", cfg.model.name))
-        if cfg.train.freeze_transformer_epochs > 0:
-            if not callable(getattr(self.model, "transformer_parameters", None)):
+        if cfg.train.freeze_epochs > 0:
+            groups = _param_groups(self.model)
+            if not groups.get(cfg.train.freeze_group):
                 raise ConfigError(
-                    f"train.freeze_transformer_epochs={cfg.train.freeze_transformer_epochs} but model "
-                    f"{cfg.model.name!r} has no transformer to freeze; set it to 0."
+                    f"train.freeze_group={cfg.train.freeze_group!r} is not a parameter group of "
+                    f"{cfg.model.name} (groups: {', '.join(groups)}); choose one or set train.freeze_epochs=0."
                 )
-            if not list(self.model.transformer_parameters()):  # type: ignore[operator]
-                raise ConfigError(f"model {cfg.model.name!r} reports no transformer parameters; "
-                                  "set train.freeze_transformer_epochs=0.")
         if cfg.model.pretrained and not resume:
-            from transunet.models.weights import load_pretrained
+            from transunet.weights import load_pretrained
 
             report = load_pretrained(self.model, cfg.model.pretrained)
             log.info("initialised from %s (%d model tensors not in the file keep their random "
@@ -312,17 +387,14 @@ class Trainer:
             self.total_iterations = self.epochs * self.iters_per_epoch
         self.schedule = PolySchedule(
             base_lr=cfg.train.lr, total_iterations=self.total_iterations, power=cfg.train.poly_power,
-            freeze_epochs=cfg.train.freeze_transformer_epochs,
-            stage2_lr_scale=cfg.train.stage2_lr_scale if cfg.train.freeze_transformer_epochs else 1.0,
+            freeze_epochs=cfg.train.freeze_epochs,
+            stage2_lr_scale=cfg.train.stage2_lr_scale if cfg.train.freeze_epochs else 1.0,
             iterations_per_epoch=self.iters_per_epoch,
         )
-        if cfg.train.freeze_transformer_epochs >= self.epochs > 0:
-            log.warning("train.freeze_transformer_epochs=%d covers the whole run (%d epochs): the "
-                        "transformer is never trained", cfg.train.freeze_transformer_epochs, self.epochs)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
-        )
+        if cfg.train.freeze_epochs >= self.epochs > 0:
+            log.warning("train.freeze_epochs=%d covers the whole run (%d epochs): the %s group is "
+                        "never trained", cfg.train.freeze_epochs, self.epochs, cfg.train.freeze_group)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
         self.loss_fn = DiceCELoss(cfg.model.num_classes, cfg.train.ce_weight, cfg.train.dice_weight)
         self.state = _State()
@@ -337,6 +409,10 @@ class Trainer:
     def _load_last(self) -> None:
         ckpt = load_checkpoint(self.paths.last, map_location="cpu")
         saved_cfg = ckpt.get("config") or {}
+        try:  # a run written by an earlier version: compare in today's spelling (model.args, ...)
+            saved_cfg = to_dict(config_from_dict(saved_cfg))
+        except TransUNetError:
+            pass
         diffs = config_differences(saved_cfg, to_dict(self.cfg))
         if diffs:
             raise ConfigError(
@@ -398,9 +474,10 @@ class Trainer:
     def _enter_stage(self, stage: int) -> None:
         if stage == self._stage:
             return
-        if self.cfg.train.freeze_transformer_epochs > 0:
-            n = _set_frozen(self.model, frozen=stage == 1)
-            log.info("stage %d: transformer %s (%d parameters), lr scale %s", stage,
+        if self.cfg.train.freeze_epochs > 0:
+            group = self.cfg.train.freeze_group
+            n = _set_frozen(self.model, group, frozen=stage == 1)
+            log.info("stage %d: %s %s (%d parameters), lr scale %s", stage, group,
                      "frozen" if stage == 1 else "trainable", n,
                      1.0 if stage == 1 else self.schedule.stage2_lr_scale)
         self.ddp_model = _wrap(self.model, self.info)  # DDP must see the current requires_grad
@@ -417,10 +494,25 @@ class Trainer:
         x = batch["image"].to(self.device, non_blocking=True).float()
         y = batch["label"].to(self.device, non_blocking=True).long()
         if x.ndim == 3:
-            x = x.unsqueeze(1)  # (B, 1, H, W)
-        if x.shape[1] == 1 and self.cfg.model.in_channels == 3:
-            x = x.repeat(1, 3, 1, 1)
+            x = x.unsqueeze(1)  # (B, 1, H, W); the model brings it to its in_channels
         return x, y
+
+    def _loss(self, out: torch.Tensor | list[torch.Tensor], y: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, ce, dice)`` of one output, or weighted over the outputs of deep supervision.
+
+        Lower-resolution outputs are scored against the label downsampled by nearest neighbour.
+        """
+        if not isinstance(out, (list, tuple)):
+            return self.loss_fn.components(out, y)
+        weights = deep_supervision_weights(len(out), self.cfg.train.deep_supervision_weights)
+        terms = []
+        for w, logits in zip(weights, out):
+            target = y
+            if tuple(logits.shape[-2:]) != tuple(y.shape[-2:]):
+                target = F.interpolate(y[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+            terms.append([w * t for t in self.loss_fn.components(logits, target)])
+        return tuple(torch.stack(list(col)).sum() for col in zip(*terms))  # type: ignore[return-value]
 
     def _train_epoch(self, epoch: int, pbar: Any) -> dict[str, float]:
         cfg = self.cfg
@@ -434,8 +526,8 @@ class Trainer:
             lr = self.schedule.apply(self.optimizer, self.state.iteration)
             x, y = self._batch(batch)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.ddp_model(x)  # (B, K, H, W)
-            total, ce, dice = self.loss_fn.components(logits, y)
+                out = self.ddp_model(x)  # (B, K, H, W), or a list with deep supervision
+            total, ce, dice = self._loss(out, y)
             terms = all_reduce_mean(torch.stack([total, ce, dice]).detach().float(), self.info).cpu()
             if not torch.isfinite(terms).all():
                 raise TrainingDivergedError(
@@ -622,6 +714,9 @@ __all__ = [
     "Trainer",
     "TrainingDivergedError",
     "amp_dtype_for",
+    "build_optimizer",
+    "check_model_config",
     "config_differences",
+    "deep_supervision_weights",
     "train",
 ]

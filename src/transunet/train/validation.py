@@ -1,7 +1,7 @@
 """Validation during training: whole-volume slice-wise inference and mean foreground Dice.
 
-Each validation volume is predicted with :func:`transunet.infer.predict_volume` (the same
-computation as ``transunet evaluate``). The score of a case is the Dice of every foreground class
+Each validation volume is predicted with a :class:`transunet.infer.Predictor` around the model
+being trained (the same computation as ``transunet evaluate``). The score of a case is the Dice of every foreground class
 ``1..K-1`` on the whole 3D volume, with one explicit rule for empty masks:
 
 - class present in the ground truth: ``2|P∩G| / (|P| + |G|)`` (0 when the prediction misses it);
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transunet.infer import predict_volume
+from transunet.infer import Predictor
 from transunet.metrics import foreground_dice
 from transunet.train.distributed import DistInfo, all_gather_objects
 
@@ -93,6 +93,7 @@ def validate(
     """
     from transunet.data.datasets import load_volume
 
+    predictor = Predictor(model, img_size, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
     mine = list(case_ids)[info.rank :: info.world_size]
     local: dict[str, list[float]] = {}
     for case_id in mine:
@@ -102,8 +103,7 @@ def validate(
                 f"validation case {case_id!r} of split {split!r} in {root} has no label; "
                 "validation needs labelled cases (or set data.val_split=null)."
             )
-        pred = predict_volume(model, vol.image, img_size, batch_size=batch_size, device=device,
-                              amp_dtype=amp_dtype)
+        pred = predictor.predict_volume(vol.image)
         local[case_id] = foreground_dice(pred, vol.label, num_classes).tolist()
     merged: dict[str, list[float]] = {}
     for part in all_gather_objects(local, info):

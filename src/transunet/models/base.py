@@ -1,0 +1,376 @@
+"""The contract every segmentation model of the package implements: :class:`SegmentationModel`.
+
+Trainer, validation, evaluation, prediction, report and profile talk to a model only through this
+class, so none of them branches on the architecture. An architecture
+
+* derives from :class:`SegmentationModel` and calls its ``__init__`` with ``num_classes``,
+  ``in_channels``, ``img_size`` and the multiple its input size must be (``size_multiple``);
+* implements :meth:`~SegmentationModel.segment` (``(B, in_channels, H, W) -> (B, K, H, W)``; with
+  deep supervision it may return a list in training mode, full-resolution logits first);
+* declares its parts with :meth:`~SegmentationModel.profile_parts` (module-name prefixes), which
+  also define the parameter groups used for freezing and per-group learning rates;
+* declares its attention capability (:attr:`~SegmentationModel.attention_kind`); layers that can
+  record attention derive from :class:`transunet.layers.attention.RecordsAttention`, and
+  :meth:`~SegmentationModel.capture_attention` collects their maps during one forward pass;
+* converts foreign weight layouts in :meth:`~SegmentationModel.convert_state_dict` (official
+  state-dict names, Google ``.npz``, ...) so :func:`transunet.load_pretrained` finds them.
+
+An entry point registered with :func:`transunet.register_model` validates its arguments (use
+:func:`check_args` and :func:`check_img_size` for the one-line messages) and returns the model; the
+registry fills :attr:`model_name` and :attr:`model_kwargs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from transunet.errors import CheckpointError, did_you_mean
+from transunet.utils import as_pair
+from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "AttentionCapture",
+    "FeatureInfo",
+    "SegmentationModel",
+    "check_args",
+    "check_img_size",
+    "check_int",
+    "check_rate",
+]
+
+#: Kinds of attention a model may expose: ``global`` (every token attends to every token, maps
+#: ``(B, heads, N, N)`` over a ``grid``), ``window`` (shifted windows), ``axial`` (rows/columns),
+#: ``deformable`` (learned sampling points), ``gate`` (additive attention gates on skips: one
+#: ``(B, 1, h, w)`` coefficient map per gate).
+ATTENTION_KINDS = ("global", "window", "axial", "deformable", "gate")
+
+
+class FeatureInfo(NamedTuple):
+    """One encoder feature map offered to a decoder as a skip, named by its stride.
+
+    Attributes:
+        stride: Downsampling factor relative to the input (1, 2, 4, 8, 16, ...).
+        channels: Channels of the feature map.
+    """
+
+    stride: int
+    channels: int
+
+
+@dataclass
+class AttentionCapture:
+    """Attention maps recorded by :meth:`SegmentationModel.capture_attention` during one forward.
+
+    Attributes:
+        kind: One of :data:`ATTENTION_KINDS`.
+        grid: Token grid ``(gh, gw)`` of ``global`` maps (``N = gh * gw``), else ``None``.
+        maps: One tensor per recording layer, in call order; ``global``: ``(B, heads, N, N)``
+            softmax weights (rows sum to 1); other kinds: the layer's own layout (see its docstring).
+    """
+
+    kind: str
+    grid: tuple[int, int] | None
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every registered model (see the module docstring for the contract).
+
+    Args:
+        num_classes: Output classes including background (>= 1).
+        in_channels: Channels the model computes on (1 or 3 for CT/MRI; a 3-channel model also
+            accepts 1-channel input, see :meth:`prepare_input`).
+        img_size: ``H`` or ``(H, W)`` the model is built for.
+        size_multiple: The input height/width must be a multiple of this (``int`` or pair).
+
+    Attributes:
+        model_name: Registered name (filled by :func:`transunet.create_model`).
+        model_kwargs: ``create_model`` keyword arguments that rebuild this model.
+        deep_supervision: ``True`` when :meth:`segment` returns a list in training mode.
+    """
+
+    #: Attention the model can expose through :meth:`capture_attention` (``None``: none).
+    attention_kind: ClassVar[str | None] = None
+    #: ``True`` when the input must equal ``img_size`` exactly (position embeddings, windows);
+    #: ``False`` when any multiple of ``size_multiple`` works (fully convolutional models).
+    fixed_input_size: ClassVar[bool] = True
+    #: Key prefixes of foreign state dicts stripped by the default :meth:`convert_state_dict`.
+    foreign_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, num_classes: int, in_channels: int, img_size: int | Sequence[int],
+                 size_multiple: int | Sequence[int] = 1) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.img_size = as_pair(img_size, "img_size")
+        self.size_multiple = as_pair(size_multiple, "size_multiple")
+        self.model_name: str = type(self).__name__
+        self.model_kwargs: dict[str, Any] = {}
+        self.deep_supervision = False
+
+    # ------------------------------------------------------------------ forward
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The architecture's computation (implemented by every subclass).
+
+        Args:
+            x: ``(B, in_channels, H, W)``, already checked by :meth:`prepare_input`.
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``; with deep supervision in training mode a list of
+            logits, full resolution first (lower-resolution outputs allowed).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement segment(x).")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Segment a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` with ``C == in_channels`` (or 1 for a 3-channel model) and an
+                ``(H, W)`` that :meth:`check_input_size` accepts.
+
+        Returns:
+            Logits ``(B, num_classes, H, W)`` in eval mode; in training mode a model with deep
+            supervision returns the list of its outputs (full resolution first).
+        """
+        out = self.segment(self.prepare_input(x))
+        if isinstance(out, (list, tuple)) and not (self.training and self.deep_supervision):
+            return out[0]
+        return out
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check a batch and bring it to ``in_channels``: the one place of the channel policy.
+
+        A 1-channel batch given to a 3-channel model is repeated to three channels (grey input to a
+        model pretrained on RGB); a 1-channel model computes on one channel (architectures with
+        an RGB-pretrained first convolution fold it exactly instead of repeating the input).
+
+        Args:
+            x: ``(B, C, H, W)``.
+
+        Raises:
+            ValueError: Wrong rank, channel count or spatial size, naming the fix.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"{self.model_name} expects a batch (B, {self.in_channels}, H, W), got shape "
+                             f"{tuple(x.shape)}; add the batch/channel axes (x[None, None] for one slice).")
+        if x.shape[1] != self.in_channels:
+            if x.shape[1] == 1 and self.in_channels == 3:
+                x = x.repeat(1, 3, 1, 1)
+            else:
+                raise ValueError(f"{self.model_name} was built for in_channels={self.in_channels} but got "
+                                 f"{x.shape[1]} channels; rebuild it with in_channels={x.shape[1]}.")
+        self.check_input_size(tuple(x.shape[-2:]), batch_shape=tuple(x.shape))
+        return x
+
+    def check_input_size(self, size: int | Sequence[int], batch_shape: tuple[int, ...] | None = None
+                         ) -> tuple[int, int]:
+        """Validate an input ``(H, W)`` against the size rule; return it as a pair.
+
+        Args:
+            size: ``H`` or ``(H, W)``.
+            batch_shape: The whole batch shape, named in the message when given.
+
+        Raises:
+            ValueError: Naming the rule and the closest valid size.
+        """
+        h, w = as_pair(size, "input size")
+        if self.fixed_input_size and (h, w) != self.img_size:
+            raise ValueError(
+                f"{self.model_name} expects input (B, {self.in_channels}, {self.img_size[0]}, "
+                f"{self.img_size[1]}), got {batch_shape or (h, w)}; resize the input or rebuild the "
+                "model with a matching img_size.")
+        check_img_size(self.model_name, (h, w), self.size_multiple, what="input size")
+        return (h, w)
+
+    # ------------------------------------------------------------------ parts and groups
+
+    def profile_parts(self) -> list[tuple[str, str]]:
+        """The model's parts as ``(label, module-name prefix)``; the first matching prefix wins.
+
+        Used by ``transunet profile`` (parameters and FLOPs per part) and by :meth:`param_groups`.
+        The default is one part per top-level child module; models name theirs (e.g.
+        ``encoder``, ``transformer``, ``decoder``, ``head``). A part labelled ``head`` holds the
+        class-dependent output layers (skipped with a warning when pretrained weights were made
+        for another ``num_classes``).
+        """
+        return [(name, name) for name, _ in self.named_children()]
+
+    def part_of(self, name: str) -> str:
+        """The label of the part a parameter or module ``name`` belongs to (``other`` if none)."""
+        for label, prefix in self.profile_parts():
+            if prefix == "" or name == prefix or name.startswith(prefix + "."):
+                return label
+        return "other"
+
+    def param_groups(self) -> OrderedDict[str, list[nn.Parameter]]:
+        """Named parameter groups covering every parameter exactly once (by :meth:`profile_parts`).
+
+        Two-stage training freezes one group (``train.freeze_group``), per-group learning rates
+        scale them (``train.lr_scales``).
+        """
+        groups: OrderedDict[str, list[nn.Parameter]] = OrderedDict((label, []) for label, _ in self.profile_parts())
+        for pname, p in self.named_parameters():
+            groups.setdefault(self.part_of(pname), []).append(p)
+        return OrderedDict((k, v) for k, v in groups.items() if v)
+
+    # ------------------------------------------------------------------ attention
+
+    def attention_grid(self) -> tuple[int, int] | None:
+        """Token grid ``(gh, gw)`` of ``global`` attention maps (``None`` for other kinds)."""
+        return None
+
+    @contextlib.contextmanager
+    def capture_attention(self) -> Iterator[AttentionCapture]:
+        """Record the attention of every recording layer during the forward passes in the block.
+
+        Example::
+
+            with model.capture_attention() as cap:
+                model(x)
+            cap.maps  # one (B, heads, N, N) tensor per layer for kind "global"
+
+        Raises:
+            NotImplementedError: The model declares no attention (``attention_kind is None``) or
+                has no recording layer; consumers skip the maps with a note.
+        """
+        from transunet.layers.attention import RecordsAttention
+
+        if self.attention_kind is None:
+            raise NotImplementedError(f"{self.model_name} exposes no attention maps (attention_kind is None).")
+        layers = [m for m in self.modules() if isinstance(m, RecordsAttention)]
+        if not layers:
+            raise NotImplementedError(f"{self.model_name} declares {self.attention_kind} attention but has "
+                                      "no layer that records it.")
+        cap = AttentionCapture(kind=self.attention_kind, grid=self.attention_grid())
+        for m in layers:
+            m.attention_store = cap.maps
+        try:
+            yield cap
+        finally:
+            for m in layers:
+                m.attention_store = None
+
+    # ------------------------------------------------------------------ foreign weights
+
+    def convert_state_dict(self, weights: ForeignWeights) -> ConvertedWeights:
+        """Map a foreign weight file onto this model's keys (overridden beside each architecture).
+
+        The default accepts state dicts whose keys equal this model's after removing
+        ``module.``/``_orig_mod.`` and :attr:`foreign_prefixes`, and refuses ``.npz`` files.
+
+        Args:
+            weights: The file's tensors and what kind of file it is.
+
+        Returns:
+            The converted state dict (possibly partial) and the file keys it did not use.
+        """
+        if weights.kind == "npz":
+            raise CheckpointError(f"{weights.source} is a Google ViT .npz, which {self.model_name} cannot "
+                                  "use; pass a PyTorch state dict or a transunet checkpoint of this model.")
+        sd = strip_prefixes(weights.tensors, extra=self.foreign_prefixes)
+        return ConvertedWeights(sd, [])
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor], weights: ForeignWeights) -> dict[str, torch.Tensor]:
+        """Adapt converted weights made for another configuration of this model (pretrained use only).
+
+        Called by :func:`transunet.load_pretrained` after :meth:`convert_state_dict`, never by
+        strict loading; e.g. TransUNet resizes position embeddings of another token grid. The
+        default returns ``state_dict`` unchanged.
+
+        Args:
+            state_dict: Output of :meth:`convert_state_dict`.
+            weights: The file it came from (``meta`` holds a checkpoint's recorded arguments).
+        """
+        return state_dict
+
+    def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+        """The likely cause of a shape mismatch at ``key`` (``None``: the generic message)."""
+        return None
+
+    def explain_keys(self, keys: Sequence[str]) -> str | None:
+        """The likely cause of missing/unexpected ``keys`` (``None``: the generic message)."""
+        return None
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_args(model: str, given: Mapping[str, Any], accepted: Sequence[str]) -> None:
+    """Refuse arguments an entry point does not know, naming the accepted ones and the closest.
+
+    Args:
+        model: Registered model name (for the message).
+        given: The arguments passed (e.g. ``model.args``).
+        accepted: The argument names the model accepts.
+
+    Raises:
+        ValueError: ``"<model> got unknown argument 'x'; accepted: ...; did you mean 'y'?"``.
+    """
+    unknown = [k for k in given if k not in accepted]
+    if unknown:
+        raise ValueError(f"{model} got unknown argument {unknown[0]!r}; accepted arguments: "
+                         f"{', '.join(accepted)}." + did_you_mean(unknown[0], accepted))
+
+
+def accepted_args(fn: Any) -> list[str]:
+    """Keyword parameter names of ``fn`` (used by entry points that validate with :func:`check_args`)."""
+    return [p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_img_size(model: str, img_size: int | Sequence[int], multiple: int | Sequence[int],
+                   minimum: int | Sequence[int] | None = None, what: str = "img_size") -> tuple[int, int]:
+    """Validate ``img_size`` against "positive multiple of ``multiple``, at least ``minimum``".
+
+    Args:
+        model: Registered model name (for the message).
+        img_size: ``H`` or ``(H, W)``.
+        multiple: Required divisor of height and width (``int`` or pair).
+        minimum: Smallest height/width (default: ``multiple``).
+        what: The argument's name in the message.
+
+    Returns:
+        ``(H, W)``.
+
+    Raises:
+        ValueError: Naming the model, the rule and the closest valid size.
+    """
+    h, w = as_pair(img_size, what)
+    mh, mw = as_pair(multiple, "multiple")
+    lo_h, lo_w = as_pair(minimum if minimum is not None else (mh, mw), "minimum")
+    ok = h >= lo_h and w >= lo_w and h % mh == 0 and w % mw == 0
+    if not ok:
+        def near(v: int, m: int, lo: int) -> int:
+            return max(lo + (-lo) % m, round(v / m) * m)
+
+        rule = f"multiples of {mh}" if mh == mw else f"multiples of ({mh}, {mw})"
+        raise ValueError(f"{what}=({h}, {w}) is invalid for {model}: height and width must be positive "
+                         f"{rule} (at least {lo_h}x{lo_w}); the closest valid size is "
+                         f"({near(h, mh, lo_h)}, {near(w, mw, lo_w)}).")
+    return (h, w)
+
+
+def check_int(model: str, name: str, value: Any, minimum: int = 1) -> int:
+    """An integer argument ``>= minimum`` (bools refused); ``ValueError`` naming model and argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        closest = max(minimum, int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else minimum
+        raise ValueError(f"{name}={value!r} is invalid for {model}: it must be an integer >= {minimum}; "
+                         f"closest valid: {closest}.")
+    return int(value)
+
+
+def check_rate(model: str, name: str, value: Any) -> float:
+    """A probability-like argument in ``[0, 1)``; ``ValueError`` naming model and argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name}={value!r} is invalid for {model}: it must be a number in [0, 1), e.g. 0.1.")
+    return float(value)
