@@ -108,14 +108,20 @@ class R50UNet(SegmentationModel):
         decoder_channels: Sequence[int] = (256, 128, 64, 16),
         decoder_head_channels: int = 512,
     ) -> None:
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=ENCODER_STRIDE)
+        super().__init__(
+            num_classes=num_classes, in_channels=in_channels, img_size=img_size, size_multiple=ENCODER_STRIDE
+        )
         self.model_name = "R50-UNet"
         self.n_skip = int(n_skip)
         self.encoder = ResNetV2(resnet_units, resnet_width_factor, in_channels=in_channels)
         self.feature_info: list[FeatureInfo] = list(self.encoder.feature_info)
-        self.decoder = DecoderCup(self.encoder.out_channels, decoder_channels,
-                                  [f.channels for f in self.feature_info], n_skip, decoder_head_channels)
+        self.decoder = DecoderCup(
+            self.encoder.out_channels,
+            decoder_channels,
+            [f.channels for f in self.feature_info],
+            n_skip,
+            decoder_head_channels,
+        )
         self.gates: nn.ModuleList | None = None
         self.segmentation_head = SegmentationHead(decoder_channels[-1], num_classes)
 
@@ -166,13 +172,20 @@ class R50UNet(SegmentationModel):
         npz = weights.tensors
         sd, used_keys = convert_npz(npz, google_resnet_key_map("encoder.", self.encoder), self, weights.source)
         if not sd:
-            raise CheckpointError(f"{weights.source} holds no ResNet entries (conv_root, blockN/unitM/...); "
-                                  f"{self.model_name} needs the hybrid R50+ViT-B_16.npz, not a pure ViT file.")
+            raise CheckpointError(
+                f"{weights.source} holds no ResNet entries (conv_root, blockN/unitM/...); "
+                f"{self.model_name} needs the hybrid R50+ViT-B_16.npz, not a pure ViT file."
+            )
         used = set(used_keys)
         ignored = [k for k in npz if k not in used and k.startswith(NPZ_IGNORED_PREFIXES)]
         unused = [k for k in npz if k not in used and not k.startswith(NPZ_IGNORED_PREFIXES)]
-        log.info("%s: %d ResNet tensors converted, %d ImageNet classifier entries dropped, %d ViT "
-                 "entries unused", weights.source, len(sd), len(ignored), len(unused))
+        log.info(
+            "%s: %d ResNet tensors converted, %d ImageNet classifier entries dropped, %d ViT entries unused",
+            weights.source,
+            len(sd),
+            len(ignored),
+            len(unused),
+        )
         return ConvertedWeights(sd, unused)
 
     def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
@@ -210,14 +223,22 @@ class R50AttnUNet(R50UNet):
 
     attention_kind = "gate"
 
-    def __init__(self, *, gate_mode: str = "concatenation", gate_sub_sample: int = 2,
-                 gate_inter_channels: Sequence[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        gate_mode: str = "concatenation",
+        gate_sub_sample: int = 2,
+        gate_inter_channels: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.model_name = "R50-AttnUNet"
         skip_channels = [f.channels for f in self.feature_info]
-        gating = [self.decoder.conv_more[0].out_channels,
-                  *(b.conv2[0].out_channels for b in self.decoder.blocks)]  # input width of each block
-        inter = gate_inter_channels if gate_inter_channels is not None else skip_channels[:self.n_skip]
+        gating = [
+            self.decoder.conv_more[0].out_channels,
+            *(b.conv2[0].out_channels for b in self.decoder.blocks),
+        ]  # input width of each block
+        inter = gate_inter_channels if gate_inter_channels is not None else skip_channels[: self.n_skip]
         self.gates = nn.ModuleList(
             GridAttentionGate(skip_channels[i], gating[i], int(inter[i]), gate_sub_sample, gate_mode)
             for i in range(self.n_skip)
@@ -246,54 +267,81 @@ R50_ATTN_UNET_ARGS: dict[str, Any] = {
 def _int_tuple(model: str, name: str, value: Any, length: int, example: Sequence[int]) -> tuple[int, ...]:
     """A list/tuple of ``length`` positive integers (one ValueError line otherwise)."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{name}={value!r} is invalid for {model}: it must be a list of {length} positive "
-                         f"integers; closest valid: {list(example)}.")
+        raise ValueError(  # noqa: TRY004  (the contract: one ValueError per bad argument)
+            f"{name}={value!r} is invalid for {model}: it must be a list of {length} positive "
+            f"integers; closest valid: {list(example)}."
+        )
     if len(value) != length:
-        closest = (list(value) + list(example[len(value):]))[:length]
-        raise ValueError(f"{name}={list(value)!r} is invalid for {model}: it must list exactly {length} "
-                         f"integers (got {len(value)}); closest valid: {closest}.")
+        closest = (list(value) + list(example[len(value) :]))[:length]
+        raise ValueError(
+            f"{name}={list(value)!r} is invalid for {model}: it must list exactly {length} "
+            f"integers (got {len(value)}); closest valid: {closest}."
+        )
     for v in value:
         check_int(model, name, v)
     return tuple(int(v) for v in value)
 
 
-def _build(name: str, defaults: dict[str, Any], gates: bool, num_classes: Any, in_channels: Any,
-           img_size: Any, args: dict[str, Any]) -> R50UNet:
+def _build(
+    name: str,
+    defaults: dict[str, Any],
+    gates: bool,
+    num_classes: Any,
+    in_channels: Any,
+    img_size: Any,
+    args: dict[str, Any],
+) -> R50UNet:
     """Validate ``args`` against ``defaults`` and build the model (``gates``: R50-AttnUNet)."""
     check_args(name, args, list(defaults))
     a = {**defaults, **args}
     num_classes = check_int(name, "num_classes", num_classes)
     in_channels = check_int(name, "in_channels", in_channels)
     if in_channels not in (1, 3):
-        raise ValueError(f"in_channels={in_channels} is invalid for {name}: the ResNetV2 root takes 1 (folded) "
-                         f"or 3 channels; closest valid: {1 if in_channels < 2 else 3}.")
+        raise ValueError(
+            f"in_channels={in_channels} is invalid for {name}: the ResNetV2 root takes 1 (folded) "
+            f"or 3 channels; closest valid: {1 if in_channels < 2 else 3}."
+        )
     size = check_img_size(name, img_size, ENCODER_STRIDE)
     n_skip = check_int(name, "n_skip", a["n_skip"], minimum=0)
     if n_skip > 3:
-        raise ValueError(f"n_skip={n_skip} is invalid for {name}: it must be between 0 and 3 (the ResNet "
-                         "offers skips at strides 8, 4, 2); closest valid: 3.")
+        raise ValueError(
+            f"n_skip={n_skip} is invalid for {name}: it must be between 0 and 3 (the ResNet "
+            "offers skips at strides 8, 4, 2); closest valid: 3."
+        )
     units = _int_tuple(name, "resnet_units", a["resnet_units"], 3, R50_UNET_ARGS["resnet_units"])
     wf = a["resnet_width_factor"]
     if isinstance(wf, bool) or not isinstance(wf, (int, float)) or wf <= 0 or (64 * wf) % 32 != 0:
-        closest = max(0.5, round(float(wf) * 2) / 2) if isinstance(wf, (int, float)) and not isinstance(wf, bool) else 1.0
-        raise ValueError(f"resnet_width_factor={wf!r} is invalid for {name}: 64 x factor must be a positive "
-                         f"multiple of 32 (GroupNorm(32)), i.e. 0.5, 1, 1.5, ...; closest valid: {closest}.")
+        closest = (
+            max(0.5, round(float(wf) * 2) / 2) if isinstance(wf, (int, float)) and not isinstance(wf, bool) else 1.0
+        )
+        raise ValueError(
+            f"resnet_width_factor={wf!r} is invalid for {name}: 64 x factor must be a positive "
+            f"multiple of 32 (GroupNorm(32)), i.e. 0.5, 1, 1.5, ...; closest valid: {closest}."
+        )
     dec = _int_tuple(name, "decoder_channels", a["decoder_channels"], 4, R50_UNET_ARGS["decoder_channels"])
     head = check_int(name, "decoder_head_channels", a["decoder_head_channels"])
     gate_kwargs: dict[str, Any] = {}
     if gates:
         mode = a["gate_mode"]
         if mode not in GATE_MODES:
-            raise ValueError(f"gate_mode={mode!r} is invalid for {name}: choose one of "
-                             f"{', '.join(map(repr, GATE_MODES))}." + did_you_mean(str(mode), GATE_MODES))
+            raise ValueError(
+                f"gate_mode={mode!r} is invalid for {name}: choose one of "
+                f"{', '.join(map(repr, GATE_MODES))}." + did_you_mean(str(mode), GATE_MODES)
+            )
         sub = check_int(name, "gate_sub_sample", a["gate_sub_sample"])
         inter = a["gate_inter_channels"]
         if inter is not None:
             width = int(64 * wf)
             inter = _int_tuple(name, "gate_inter_channels", inter, n_skip, (8 * width, 4 * width, width))
         gate_kwargs = {"gate_mode": mode, "gate_sub_sample": sub, "gate_inter_channels": inter}
-    arch = {"n_skip": n_skip, "resnet_units": units, "resnet_width_factor": float(wf),
-            "decoder_channels": dec, "decoder_head_channels": head, **gate_kwargs}
+    arch = {
+        "n_skip": n_skip,
+        "resnet_units": units,
+        "resnet_width_factor": float(wf),
+        "decoder_channels": dec,
+        "decoder_head_channels": head,
+        **gate_kwargs,
+    }
     cls = R50AttnUNet if gates else R50UNet
     model = cls(num_classes=num_classes, in_channels=in_channels, img_size=size, **arch)
     model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": size, **arch}
@@ -301,8 +349,7 @@ def _build(name: str, defaults: dict[str, Any], gates: bool, num_classes: Any, i
 
 
 @register_model(name="R50-UNet")
-def r50_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-             **args: Any) -> R50UNet:
+def r50_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **args: Any) -> R50UNet:
     """R50-UNet (TransUNet paper baseline, this package's construction): 20,463,001 params at 224, 1 -> 9.
 
     Args:
@@ -318,8 +365,9 @@ def r50_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequenc
 
 
 @register_model(name="R50-AttnUNet")
-def r50_attn_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                  **args: Any) -> R50AttnUNet:
+def r50_attn_unet(
+    num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **args: Any
+) -> R50AttnUNet:
     """R50-AttnUNet: R50-UNet with an additive attention gate on each skip; 22,461,916 params at 224, 1 -> 9.
 
     Args:
@@ -331,5 +379,4 @@ def r50_attn_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Se
     Raises:
         ValueError: One line naming the argument, the rule and the closest valid value.
     """
-    return cast(R50AttnUNet, _build("R50-AttnUNet", R50_ATTN_UNET_ARGS, True, num_classes, in_channels,
-                                   img_size, args))
+    return cast(R50AttnUNet, _build("R50-AttnUNet", R50_ATTN_UNET_ARGS, True, num_classes, in_channels, img_size, args))
