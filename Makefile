@@ -15,14 +15,15 @@ setup-browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report browser test will be skipped"; }
 
-test: setup setup-browser
+test: setup setup-browser lint
 	$(PYTHON) -m pytest -q
 
 demo: setup
 	transunet demo --out transunet_demo
 
+# Style gate (pyflakes, pycodestyle incl. line length 120, import order); part of `make test`.
 lint:
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 
 bench:
 	$(PYTHON) benchmarks/bench_metrics.py

@@ -93,7 +93,8 @@ def main() -> None:
     mean_s = float(np.mean([r[0].mean() for r in ref]))
     mean_t = float(np.mean([t[0].mean().item() for t in res]))
 
-    print(f"## Official augmentation, {size}x{size} -> {out[0]}x{out[1]}, {n} slices, 1 thread, CPU time, best of {args.rounds} rounds\n")
+    print(f"## Official augmentation, {size}x{size} -> {out[0]}x{out[1]}, {n} slices, 1 thread, "
+          f"CPU time, best of {args.rounds} rounds\n")
     print("| implementation | ms / slice | speed-up |")
     print("|---|---:|---:|")
     print(f"| scipy reference (official calls) | {t_scipy * 1e3:.2f} | 1.0x |")

@@ -80,7 +80,8 @@ def test_phantom_is_deterministic(tmp_path: Path) -> None:
     a = generate_phantom(tmp_path / "a", layout="btcv", cases=3, seed=7)
     b = generate_phantom(tmp_path / "b", layout="btcv", cases=3, seed=7)
     ta, tb = _tree(a), _tree(b)
-    arr = lambda root, name: np.asarray(nib.load(root / "RawData/Training/img" / name).dataobj)
+    def arr(root, name):
+        return np.asarray(nib.load(root / "RawData/Training/img" / name).dataobj)
     assert list(ta) == list(tb)
     name = f"img{phantom_case_ids(3)[0]}.nii.gz"
     assert np.array_equal(arr(a, name), arr(b, name))

@@ -16,9 +16,9 @@ from torch import nn
 
 from transunet.data.volume import Volume
 from transunet.errors import DataError
-from transunet.report import attention as att
 from transunet.layers.attention import RecordsAttention
 from transunet.models.base import SegmentationModel
+from transunet.report import attention as att
 from transunet.report import builder, plots, tables
 
 CLASS_NAMES = ["background", "spleen", "right kidney", "liver"]

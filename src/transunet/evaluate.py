@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from transunet.config import PROTOCOLS as CONFIG_PROTOCOLS
 from transunet.config import config_from_dict
 from transunet.data.synapse import display_columns
-from transunet.errors import CheckpointError, ConfigError, DataError, TransUNetError, check_choice
+from transunet.errors import CheckpointError, ConfigError, DataError, check_choice
 from transunet.infer import Predictor
 from transunet.metrics import NSD_TOLERANCE_MM, ClassMetrics, label_metrics, nan_to_none
 from transunet.paths import RunPaths, run_folder_of
@@ -231,7 +231,8 @@ def render_table(summary: dict[str, Any], method: str) -> str:
     lines.append("|---|" + "---:|" * (2 + len(cols)))
     for proto, res in summary["protocols"].items():
         unit = res["hd95_unit"]
-        row = [f"{method} ({proto}, HD95 in {'voxels' if unit == 'voxel' else unit})", _fmt(res["mean"]["dice"], 100), _fmt(res["mean"]["hd95"])]
+        row = [f"{method} ({proto}, HD95 in {'voxels' if unit == 'voxel' else unit})",
+               _fmt(res["mean"]["dice"], 100), _fmt(res["mean"]["hd95"])]
         row += [_fmt(res["per_class"][names[i]]["dice_mean"], 100) for i, _ in cols]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -242,7 +243,8 @@ def render_table(summary: dict[str, Any], method: str) -> str:
         if proto == "corrected":
             lines.append(f"- corrected: missed organs {res['mean']['n_missed']} (Dice 0, HD95 not averaged), "
                          f"false positives on absent organs {res['mean']['n_false_positive']} (Dice 0), "
-                         f"penalised mean HD95 (misses at the volume diagonal) {_fmt(res['mean'].get('hd95_penalized'))}")
+                         "penalised mean HD95 (misses at the volume diagonal) "
+                         f"{_fmt(res['mean'].get('hd95_penalized'))}")
     for proto, res in summary["protocols"].items():
         lines += ["", f"## Per case, {proto} protocol: Dice % / HD95 ({res['hd95_unit']})", ""]
         lines.append("| Case | " + " | ".join(h for _, h in cols) + " |")

@@ -21,8 +21,8 @@ transform (EDT) over the whole volume, for every organ and direction. Here:
 * The nearest surface voxel of the other mask is found with a k-d tree over the surface voxels
   (scaled by the spacing) instead of an EDT over the volume; the distance is then recomputed from
   the integer offset as the EDT does (``((f - i) * spacing) ** 2`` summed over axes, square root),
-  so two equally near candidates can differ only in the last bits (|Δ| ~ 1e-15). Cropping to the masks' bounding box is not
-  enough: a few scattered false-positive voxels stretch the box over the whole volume.
+  so two equally near candidates can differ only in the last bits (|Δ| ~ 1e-15). Cropping to the
+  masks' bounding box is not enough: a few scattered false-positive voxels stretch the box over the whole volume.
 * Surface voxels are kept in C order, as medpy's boolean indexing returns them, and HD95 is
   ``numpy.percentile(numpy.hstack((d1, d2)), 95)`` with numpy's default (linear) interpolation.
 

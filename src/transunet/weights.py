@@ -240,7 +240,8 @@ def convert_npz(npz: Mapping[str, np.ndarray], key_map: NpzKeyMap, model: nn.Mod
         if tuple(arr.shape) != _shape(own[key]):
             raise CheckpointError(
                 f"{source}: '{npz_key}' converts to shape {tuple(arr.shape)} but '{key}' of "
-                f"{_name(model)} has shape {_shape(own[key])}; {_cause(model, key, tuple(arr.shape), _shape(own[key]))}."
+                f"{_name(model)} has shape {_shape(own[key])}; "
+                f"{_cause(model, key, tuple(arr.shape), _shape(own[key]))}."
             )
         out[key] = torch.from_numpy(np.ascontiguousarray(arr))
         used.append(npz_key)

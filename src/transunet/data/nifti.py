@@ -55,7 +55,8 @@ def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot read NIfTI ({msg}); the file is truncated or corrupt, copy it again.") from None
+        raise DataError(f"{path}: cannot read NIfTI ({msg}); the file is truncated or corrupt, "
+                        "copy it again.") from None
     if data.ndim == 4 and allow_4d_singleton and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -261,7 +261,8 @@ def _btcv_case(rng: np.random.Generator, size: str) -> tuple[np.ndarray, np.ndar
         psoas = np.sqrt((X - cx - side * (vr + pr * 0.8)) ** 2 + (Y - vy + 2) ** 2) < pr
         P.hu[np.broadcast_to(psoas & (U < -10), P.hu.shape)] = musc
     P.allowed = (cavity & ~np.broadcast_to(rv < vr + 3, P.hu.shape)
-                 & ~np.broadcast_to(np.abs(X - cx) < 12, P.hu.shape) | cavity & ~np.broadcast_to(Y > vy - vr, P.hu.shape))
+                 & ~np.broadcast_to(np.abs(X - cx) < 12, P.hu.shape)
+                 | cavity & ~np.broadcast_to(Y > vy - vr, P.hu.shape))
 
     # ---- ribs (oblique, so they appear as short bright segments near the wall)
     rib_top = rng.uniform(-30, 0)

@@ -325,7 +325,8 @@ def _n_val_default(n_train: int, per_18: float = 4.0) -> int:
     return max(1, round(per_18 / 18.0 * n_train))
 
 
-def _carve_val(train: list[str], val_cases: int | None, seed: int, default: int, what: str) -> tuple[list[str], list[str]]:
+def _carve_val(train: list[str], val_cases: int | None, seed: int, default: int,
+               what: str) -> tuple[list[str], list[str]]:
     n = default if val_cases is None else int(val_cases)
     if n < 0 or n >= len(train):
         raise DataError(f"--val-cases {n}: must be between 0 and {len(train) - 1} (the training pool has "

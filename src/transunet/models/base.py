@@ -363,7 +363,8 @@ def check_img_size(model: str, img_size: int | Sequence[int], multiple: int | Se
 def check_int(model: str, name: str, value: Any, minimum: int = 1) -> int:
     """An integer argument ``>= minimum`` (bools refused); ``ValueError`` naming model and argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        closest = max(minimum, int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else minimum
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        closest = max(minimum, int(value)) if numeric else minimum
         raise ValueError(f"{name}={value!r} is invalid for {model}: it must be an integer >= {minimum}; "
                          f"closest valid: {closest}.")
     return int(value)

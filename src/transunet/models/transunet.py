@@ -476,9 +476,11 @@ def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in
     h, w = check_img_size(name, size, stride)
     if in_channels not in (1, 3):
         closest_c = 1 if in_channels < 2 else 3
-        raise ValueError(f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; closest valid: {closest_c}.")
+        raise ValueError(f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; "
+                         f"closest valid: {closest_c}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r} is invalid for {name}: it must be an integer >= 1 (e.g. 9 for Synapse).")
+        raise ValueError(f"num_classes={num_classes!r} is invalid for {name}: it must be an integer >= 1 "
+                         "(e.g. 9 for Synapse).")
     max_skip = 3 if hybrid else 0
     if n_skip is None:
         n_skip = max_skip

@@ -48,8 +48,7 @@ import torch
 from torch import nn
 
 from transunet.errors import did_you_mean
-from transunet.models.base import (FeatureInfo, SegmentationModel, check_args, check_img_size,
-                                   check_int)
+from transunet.models.base import FeatureInfo, SegmentationModel, check_args, check_img_size, check_int
 from transunet.registry import register_model
 from transunet.utils import as_pair
 from transunet.weights import ConvertedWeights, ForeignWeights

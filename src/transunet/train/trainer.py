@@ -533,7 +533,8 @@ class Trainer:
                 raise TrainingDivergedError(
                     f"loss became {terms[0].item()} at epoch {epoch + 1}, iteration "
                     f"{self.state.iteration + 1} (lr {lr:.3g}); stopped without updating the "
-                    f"weights. The last good checkpoint is {self.paths.last if self.paths.last.exists() else 'none (first epoch)'}"
+                    f"weights. The last good checkpoint is "
+                    f"{self.paths.last if self.paths.last.exists() else 'none (first epoch)'}"
                     "; lower train.lr, set train.grad_clip, or use train.amp=bf16/none instead of fp16."
                 )
             self.optimizer.zero_grad(set_to_none=True)

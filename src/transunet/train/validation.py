@@ -1,8 +1,8 @@
 """Validation during training: whole-volume slice-wise inference and mean foreground Dice.
 
 Each validation volume is predicted with a :class:`transunet.infer.Predictor` around the model
-being trained (the same computation as ``transunet evaluate``). The score of a case is the Dice of every foreground class
-``1..K-1`` on the whole 3D volume, with one explicit rule for empty masks:
+being trained (the same computation as ``transunet evaluate``). The score of a case is the Dice of
+every foreground class ``1..K-1`` on the whole 3D volume, with one explicit rule for empty masks:
 
 - class present in the ground truth: ``2|P∩G| / (|P| + |G|)`` (0 when the prediction misses it);
 - class absent from the ground truth but predicted: 0 (a false positive is penalised);
