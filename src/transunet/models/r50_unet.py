@@ -26,7 +26,8 @@ TransUNet modules (nothing copied):
 
 Full size at 224x224, 1 -> 9 classes: **R50-UNet 20,463,001 parameters** (23.90 GFLOPs, as
 FAMILY.md measured on the official TransUNet modules), **R50-AttnUNet 22,461,916 parameters**
-(the three gates add 1,998,915). The tests check both counts.
+(26.00 GFLOPs; the three gates add 1,998,915). ``transunet profile`` reproduces both GFLOPs
+figures (2 FLOPs per multiply-add); the tests check both parameter counts.
 
 Pretrained weights: ``pretrained`` takes Google's ``R50+ViT-B_16.npz`` (what the TransUNet paper
 used for its R50 baselines); :meth:`R50UNet.convert_state_dict` loads its ResNet part through
