@@ -41,6 +41,31 @@ def as_pair(value: int | Sequence[int], name: str = "img_size") -> tuple[int, in
     return (int(items[0]), int(items[1]))
 
 
+def as_size(value: int | Sequence[int], n: int, name: str = "img_size") -> tuple[int, ...]:
+    """An int or an ``n``-sequence of ints as an ``n``-tuple (``as_pair`` for ``n = 2``).
+
+    Args:
+        value: An int (repeated) or ``n`` ints.
+        n: Number of spatial dimensions (2 or 3).
+        name: The argument's name for the error message.
+    """
+    if n == 2:
+        return as_pair(value, name)
+    shape = "(D, H, W)" if n == 3 else f"{n} values"
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is invalid: give an int or {shape}.")
+    if isinstance(value, int):
+        return (value,) * n
+    try:
+        items = list(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name}={value!r} is invalid: give an int or {shape}.") from None
+    if len(items) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and float(v).is_integer() for v in items):
+        raise ValueError(f"{name}={value!r} is invalid: give an int or {shape}.")
+    return tuple(int(v) for v in items)
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``writer(tmp_path)`` then rename onto ``path``.
 

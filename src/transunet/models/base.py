@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from transunet.errors import CheckpointError, did_you_mean
-from transunet.utils import as_pair
+from transunet.utils import as_pair, as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
 __all__ = [
@@ -89,8 +89,10 @@ class SegmentationModel(nn.Module):
         num_classes: Output classes including background (>= 1).
         in_channels: Channels the model computes on (1 or 3 for CT/MRI; a 3-channel model also
             accepts 1-channel input, see :meth:`prepare_input`).
-        img_size: ``H`` or ``(H, W)`` the model is built for.
+        img_size: ``H`` or ``(H, W)`` the model is built for (``(D, H, W)`` for a 3D model).
         size_multiple: The input height/width must be a multiple of this (``int`` or pair).
+        spatial_dims: 2 (slices, what the pipeline trains) or 3 (volumes: available from Python
+            for 3D weights; ``transunet train`` refuses it until a 3D pipeline exists).
 
     Attributes:
         model_name: Registered name (filled by :func:`transunet.create_model`).
@@ -107,12 +109,15 @@ class SegmentationModel(nn.Module):
     foreign_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, num_classes: int, in_channels: int, img_size: int | Sequence[int],
-                 size_multiple: int | Sequence[int] = 1) -> None:
+                 size_multiple: int | Sequence[int] = 1, spatial_dims: int = 2) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims={spatial_dims!r} is invalid: it must be 2 or 3.")
+        self.spatial_dims = int(spatial_dims)
         self.num_classes = int(num_classes)
         self.in_channels = int(in_channels)
-        self.img_size = as_pair(img_size, "img_size")
-        self.size_multiple = as_pair(size_multiple, "size_multiple")
+        self.img_size = as_size(img_size, spatial_dims, "img_size")
+        self.size_multiple = as_size(size_multiple, spatial_dims, "size_multiple")
         self.model_name: str = type(self).__name__
         self.model_kwargs: dict[str, Any] = {}
         self.deep_supervision = False
@@ -160,20 +165,22 @@ class SegmentationModel(nn.Module):
         Raises:
             ValueError: Wrong rank, channel count or spatial size, naming the fix.
         """
-        if x.ndim != 4:
-            raise ValueError(f"{self.model_name} expects a batch (B, {self.in_channels}, H, W), got shape "
-                             f"{tuple(x.shape)}; add the batch/channel axes (x[None, None] for one slice).")
+        if x.ndim != self.spatial_dims + 2:
+            axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
+            raise ValueError(f"{self.model_name} expects a batch (B, {self.in_channels}, {axes}), got shape "
+                             f"{tuple(x.shape)}; add the batch/channel axes (x[None, None] for one "
+                             f"{'slice' if self.spatial_dims == 2 else 'volume'}).")
         if x.shape[1] != self.in_channels:
             if x.shape[1] == 1 and self.in_channels == 3:
-                x = x.repeat(1, 3, 1, 1)
+                x = x.repeat(1, 3, *([1] * self.spatial_dims))
             else:
                 raise ValueError(f"{self.model_name} was built for in_channels={self.in_channels} but got "
                                  f"{x.shape[1]} channels; rebuild it with in_channels={x.shape[1]}.")
-        self.check_input_size(tuple(x.shape[-2:]), batch_shape=tuple(x.shape))
+        self.check_input_size(tuple(x.shape[2:]), batch_shape=tuple(x.shape))
         return x
 
     def check_input_size(self, size: int | Sequence[int], batch_shape: tuple[int, ...] | None = None
-                         ) -> tuple[int, int]:
+                         ) -> tuple[int, ...]:
         """Validate an input ``(H, W)`` against the size rule; return it as a pair.
 
         Args:
@@ -183,14 +190,13 @@ class SegmentationModel(nn.Module):
         Raises:
             ValueError: Naming the rule and the closest valid size.
         """
-        h, w = as_pair(size, "input size")
-        if self.fixed_input_size and (h, w) != self.img_size:
+        dims = as_size(size, self.spatial_dims, "input size")
+        if self.fixed_input_size and dims != self.img_size:
             raise ValueError(
-                f"{self.model_name} expects input (B, {self.in_channels}, {self.img_size[0]}, "
-                f"{self.img_size[1]}), got {batch_shape or (h, w)}; resize the input or rebuild the "
-                "model with a matching img_size.")
-        check_img_size(self.model_name, (h, w), self.size_multiple, what="input size")
-        return (h, w)
+                f"{self.model_name} expects input (B, {self.in_channels}, "
+                f"{', '.join(map(str, self.img_size))}), got {batch_shape or dims}; resize the input or "
+                "rebuild the model with a matching img_size.")
+        return check_img_size(self.model_name, dims, self.size_multiple, what="input size")
 
     # ------------------------------------------------------------------ parts and groups
 
@@ -329,35 +335,39 @@ def accepted_args(fn: Any) -> list[str]:
 
 
 def check_img_size(model: str, img_size: int | Sequence[int], multiple: int | Sequence[int],
-                   minimum: int | Sequence[int] | None = None, what: str = "img_size") -> tuple[int, int]:
+                   minimum: int | Sequence[int] | None = None, what: str = "img_size",
+                   spatial_dims: int | None = None) -> tuple[int, ...]:
     """Validate ``img_size`` against "positive multiple of ``multiple``, at least ``minimum``".
 
     Args:
         model: Registered model name (for the message).
-        img_size: ``H`` or ``(H, W)``.
-        multiple: Required divisor of height and width (``int`` or pair).
-        minimum: Smallest height/width (default: ``multiple``).
+        img_size: ``H`` or ``(H, W)`` (``(D, H, W)`` in 3D).
+        multiple: Required divisor of each side (``int`` or one per side).
+        minimum: Smallest side (default: ``multiple``).
         what: The argument's name in the message.
+        spatial_dims: 2 or 3; default: the length of ``img_size`` when it is a sequence, else 2.
 
     Returns:
-        ``(H, W)``.
+        ``(H, W)`` (or ``(D, H, W)``).
 
     Raises:
         ValueError: Naming the model, the rule and the closest valid size.
     """
-    h, w = as_pair(img_size, what)
-    mh, mw = as_pair(multiple, "multiple")
-    lo_h, lo_w = as_pair(minimum if minimum is not None else (mh, mw), "minimum")
-    ok = h >= lo_h and w >= lo_w and h % mh == 0 and w % mw == 0
-    if not ok:
-        def near(v: int, m: int, lo: int) -> int:
-            return max(lo + (-lo) % m, round(v / m) * m)
+    n = spatial_dims or (len(img_size) if isinstance(img_size, (list, tuple)) else 2)
+    dims = as_size(img_size, n, what)
+    mult = as_size(multiple, n, "multiple")
+    lo = as_size(minimum if minimum is not None else mult, n, "minimum")
+    if all(d >= low and d % m == 0 for d, m, low in zip(dims, mult, lo)):
+        return dims
 
-        rule = f"multiples of {mh}" if mh == mw else f"multiples of ({mh}, {mw})"
-        raise ValueError(f"{what}=({h}, {w}) is invalid for {model}: height and width must be positive "
-                         f"{rule} (at least {lo_h}x{lo_w}); the closest valid size is "
-                         f"({near(h, mh, lo_h)}, {near(w, mw, lo_w)}).")
-    return (h, w)
+    def near(v: int, m: int, low: int) -> int:
+        return max(low + (-low) % m, round(v / m) * m)
+
+    rule = f"multiples of {mult[0]}" if len(set(mult)) == 1 else f"multiples of {mult}"
+    closest = tuple(near(d, m, low) for d, m, low in zip(dims, mult, lo))
+    sides = "height and width" if n == 2 else "all sides"
+    raise ValueError(f"{what}={dims} is invalid for {model}: {sides} must be positive {rule} "
+                     f"(at least {'x'.join(map(str, lo))}); the closest valid size is {closest}.")
 
 
 def check_int(model: str, name: str, value: Any, minimum: int = 1) -> int:

@@ -218,6 +218,9 @@ def check_model_config(cfg: ExperimentConfig) -> nn.Module:
     except (ValueError, TypeError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ConfigError(f"model: {msg}") from None
+    if getattr(model, "spatial_dims", 2) != 2:
+        raise ConfigError(f"model: {cfg.model.name} is built in {model.spatial_dims}D; the training pipeline is "
+                          "slice-wise (2D): use the 2D form (model.args.spatial_dims=2) or the model from Python.")
     groups = list(_param_groups(model))
     if cfg.train.freeze_epochs > 0 and cfg.train.freeze_group not in groups:
         raise ConfigError(
