@@ -29,8 +29,9 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -425,7 +426,7 @@ def evaluate(
     case_rows: list[dict[str, Any]] = []
     spacings: dict[str, Any] = {}
     penalty: dict[str, float] = {}
-    staging = Path(tempfile.mkdtemp(prefix=".predictions.", dir=_existing_parent(out))) if save_predictions else None
+    staging = _staging_dir(_existing_parent(out)) if save_predictions else None
     try:
         bar = tqdm(cases, desc=f"evaluate {split}", unit="case", dynamic_ncols=True)
         for case_id in bar:
@@ -451,10 +452,7 @@ def evaluate(
             penalty[case_id] = float(np.sqrt(np.sum(((np.asarray(vol.shape) - 1) * sp) ** 2)))
             rel = None
             if staging is not None:
-                from transunet.data.nifti import save_like
-
-                affine = vol.affine if vol.affine is not None else _affine_from_spacing(spacing)
-                save_like(pred, None, staging / f"{case_id}.nii.gz", affine=affine)
+                _save_prediction(pred, info, case_id, spacing, staging / f"{case_id}.nii.gz")
                 rel = f"predictions/{case_id}.nii.gz"
             row: dict[str, Any] = {"case_id": case_id, "shape": list(vol.shape),
                                    "spacing": list(spacing) if spacing else None, "prediction": rel}
@@ -504,6 +502,40 @@ def evaluate(
 
     _log_summary(summary)
     return out
+
+
+def _staging_dir(parent: Path) -> Path:
+    """A new hidden folder with normal permissions (``mkdtemp`` would make it 0700)."""
+    for _ in range(100):
+        p = parent / f".predictions.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        return p
+    raise FileExistsError(f"cannot create a staging folder in {parent}")
+
+
+def _save_prediction(pred: np.ndarray, info: dict[str, Any], case_id: str, spacing: Sequence[float] | None,
+                     path: Path) -> Path:
+    """Write a label map on the source scan's grid: its affine and NIfTI header (``prepare`` records
+    them); without a record (official files), an affine from the spacing, with a warning once."""
+    from transunet.data.datasets import case_geometry
+    from transunet.data.nifti import reference_from_geometry, save_like
+
+    geom = case_geometry(info, case_id)
+    if geom is not None:
+        ref = reference_from_geometry(geom, Path(info["root"]) / "dataset.json")
+        if tuple(ref.shape[:3]) == tuple(pred.shape[::-1]):
+            return save_like(pred, ref, path, dtype=np.uint8)
+        log.warning("%s: the recorded source geometry has shape %s, the volume %s; writing an affine from "
+                    "the spacing", case_id, tuple(ref.shape[:3]), tuple(pred.shape[::-1]))
+    elif not getattr(_save_prediction, "_warned", False):
+        _save_prediction._warned = True  # type: ignore[attr-defined]
+        log.warning("dataset %s records no source geometry (official files, or prepared by an older "
+                    "transunet): predictions get an affine from the spacing and will not overlay the "
+                    "original scans; prepare the dataset again to keep it", info.get("root"))
+    return save_like(pred, None, path, affine=_affine_from_spacing(spacing))
 
 
 def _existing_parent(path: Path) -> Path:

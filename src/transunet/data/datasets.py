@@ -2,7 +2,8 @@
 
 A prepared dataset folder is a superset of the official preprocessed Synapse layout::
 
-    ROOT/dataset.json                   format, class names, normalisation, splits, spacing
+    ROOT/dataset.json                   format, class names, normalisation, splits, spacing,
+                                        source geometry (affine + NIfTI header) per case
     ROOT/train_npz/<case>_slice000.npz  arrays image (H, W) float32 and label (H, W) uint8
     ROOT/test_vol_h5/<case>.npy.h5      datasets image (S, H, W) float32 and label (S, H, W) uint8
     ROOT/lists/train.txt                slice names, no extension
@@ -267,6 +268,16 @@ def _case_spacing(info: dict[str, Any], case_id: str) -> tuple[float, float, flo
     return tuple(float(s) for s in sp) if sp else None  # type: ignore[return-value]
 
 
+def case_geometry(info: dict[str, Any], case_id: str) -> dict[str, Any] | None:
+    """The source geometry of a case (``{"shape", "affine", "header"}``, NIfTI order), if recorded.
+
+    Written by ``transunet prepare`` from the source scan; absent for the official Synapse files
+    and datasets prepared before it was recorded (prepare them again to add it).
+    """
+    geom = (info.get("geometry") or {}).get(case_id)
+    return geom if isinstance(geom, dict) else None
+
+
 def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path | None = None) -> Volume:
     """Load one case as a :class:`~transunet.data.volume.Volume`.
 
@@ -295,8 +306,10 @@ def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path
             raise DataError(f"slices of {case_id} in {root / 'train_npz'} have different shapes; prepare again.")
         image = np.stack([p[0] for p in pairs])
         label = np.stack([p[1] for p in pairs])
+    geom = case_geometry(info, case_id)
+    affine = np.asarray(geom["affine"], dtype=np.float64) if geom and "affine" in geom else None
     return Volume(case_id=case_id, image=image, label=label, spacing=_case_spacing(info, case_id),
-                  affine=None, class_names=list(info["class_names"]))
+                  affine=affine, class_names=list(info["class_names"]))
 
 
 # --------------------------------------------------------------------------- training slices

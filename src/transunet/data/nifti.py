@@ -10,9 +10,11 @@ affine and header.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -104,6 +106,43 @@ def save_like(vol: np.ndarray, reference: nib.Nifti1Image | None, path: str | Pa
     name = Path(path).name
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     return atomic_write(path, lambda p: _save(out, p, suffix))
+
+
+def geometry_of(img: nib.Nifti1Image) -> dict[str, Any]:
+    """The source geometry of a scan, as JSON: what a prediction needs to overlay it in a viewer.
+
+    Keeps the affine, the NIfTI-order shape and the whole 348-byte header (qform/sform and their
+    codes, pixdim, units, dim_info, description), so :func:`reference_from_geometry` rebuilds a
+    reference image that :func:`save_like` copies exactly as if it had the source file.
+
+    Args:
+        img: The source image (only its header is read).
+    """
+    header = nib.Nifti1Header.from_header(img.header)
+    return {"shape": [int(v) for v in img.shape[:3]],
+            "affine": np.asarray(img.affine, dtype=np.float64).tolist(),
+            "header": base64.b64encode(header.binaryblock).decode("ascii")}
+
+
+def reference_from_geometry(geometry: dict[str, Any], where: Any = "geometry") -> nib.Nifti1Image:
+    """A data-less reference image (shape, affine, header) from :func:`geometry_of`'s record.
+
+    Args:
+        geometry: ``{"shape", "affine", "header"}`` as written by ``transunet prepare``.
+        where: Named in the error message (e.g. the dataset.json of the record).
+    """
+    try:
+        shape = tuple(int(v) for v in geometry["shape"])
+        affine = np.asarray(geometry["affine"], dtype=np.float64).reshape(4, 4)
+        header = nib.Nifti1Header(binaryblock=base64.b64decode(geometry["header"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{where}: invalid source geometry record ({type(e).__name__}: {e}); "
+                        "prepare the dataset again.") from None
+    dataobj = np.broadcast_to(np.zeros((), np.uint8), shape)  # no memory: only shape, affine and header are used
+    img = nib.Nifti1Image(dataobj, affine, header)
+    img.set_qform(header.get_qform(), code=int(header["qform_code"]))
+    img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    return img
 
 
 def _save(img: nib.Nifti1Image, tmp: Path, suffix: str) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from transunet.data.datasets import FORMAT, LIST_FILES, VERSION, slice_name
-from transunet.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
+from transunet.data.nifti import geometry_of, is_nifti, load_nifti, strip_nifti_suffix
 from transunet.data.normalize import normalize
 from transunet.data.synapse import (
     ACDC_CLASS_NAMES,
@@ -390,7 +390,7 @@ def _split_patients(specs: list[CaseSpec], val_cases: int | None, seed: int) -> 
 # --------------------------------------------------------------------------- checks
 
 
-def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+def _header(path: str) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
     try:
         img = nib.load(path)
         shape = tuple(int(v) for v in img.shape)
@@ -402,19 +402,20 @@ def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     if len(shape) != 3:
         raise DataError(f"{path}: expected a 3D volume, got {len(shape)}D with shape {shape}; "
                         "split 4D series into 3D files (one per frame) first.")
-    return shape, np.asarray(img.affine, dtype=np.float64)
+    return shape, np.asarray(img.affine, dtype=np.float64), img
 
 
-def _check_pair(spec: CaseSpec) -> tuple[int, int, int]:
-    ishape, iaff = _header(spec.image)
-    lshape, laff = _header(spec.label)
+def _check_pair(spec: CaseSpec) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """Header checks of one case; returns its slice-first shape and its source geometry."""
+    ishape, iaff, iimg = _header(spec.image)
+    lshape, laff, _ = _header(spec.label)
     if ishape != lshape:
         raise DataError(f"{spec.label}: label shape {lshape} differs from image shape {ishape} "
                         f"({spec.image}); resample the label onto the image grid.")
     if not np.allclose(iaff, laff, rtol=1e-4, atol=1e-3):
         raise DataError(f"{spec.label}: affine differs from the image's ({spec.image}); the label is not on "
                         "the image grid, resample it or copy the image header.")
-    return ishape[2], ishape[1], ishape[0]  # slice-first (S, H, W)
+    return (ishape[2], ishape[1], ishape[0]), geometry_of(iimg)  # slice-first (S, H, W)
 
 
 def _load_case(spec: CaseSpec, settings: _Settings) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -606,9 +607,11 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
 
     # Check every pair's headers before writing anything.
     slices: dict[str, int] = {}
+    geometry: dict[str, dict[str, Any]] = {}
     with tqdm(specs, desc="checking", unit="case", leave=False) as bar:
         for s in bar:
-            slices[s.case_id] = _check_pair(s)[0]
+            shape, geometry[s.case_id] = _check_pair(s)
+            slices[s.case_id] = shape[0]
 
     # Output folder state.
     meta_path = out / "dataset.json"
@@ -672,6 +675,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         "format": FORMAT, "version": VERSION, "name": raw.resolve().name, "modality": modality,
         "class_names": names, "normalization": norm, "splits": splits,
         "spacing": {s.case_id: done[s.case_id]["spacing"] for s in specs},
+        # Source geometry (affine + NIfTI header) per case: exported label maps overlay the scans.
+        "geometry": {s.case_id: geometry[s.case_id] for s in specs},
         "source": {"kind": kind, "raw": str(raw.resolve()), "seed": seed,
                    **({"label_map": {BTCV_RAW_NAMES[k]: SYNAPSE_CLASS_NAMES[v] for k, v in
                                      enumerate(btcv_lut()) if k and v}} if kind == "synapse" else {})},

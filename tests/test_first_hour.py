@@ -1,0 +1,118 @@
+"""Issue 14, "the first hour of a new user": one test per numbered defect (each failed before its fix)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transunet.checkpoint import save_checkpoint
+from transunet.cli import main
+from transunet.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, to_dict
+from transunet.registry import list_models, register_model
+
+LOW, HIGH = -125.0, 275.0
+NAMES = ["background", "a", "b"]
+K = len(NAMES)
+
+
+class BandNet(nn.Module):
+    """Class k wins where the normalised intensity is closest to k / K (no flip symmetry needed)."""
+
+    def __init__(self, num_classes: int = K, in_channels: int = 1, img_size=(16, 16), **_: object) -> None:
+        super().__init__()
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.register_buffer("centers", torch.arange(num_classes, dtype=torch.float32) / num_classes)
+        self.scale = nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K, H, W)
+        return -self.scale * (x[:, :1] - self.centers.view(1, -1, 1, 1)) ** 2
+
+
+if "_FirstHourBandNet" not in list_models():
+    register_model(BandNet, name="_FirstHourBandNet")
+
+#: An LPS-like scanner affine with an origin far from 0 (as BTCV's img0001: negative x/y axes).
+SOURCE_AFFINE = np.array([[-0.7, 0.0, 0.0, 221.6],
+                          [0.0, -0.8, 0.0, 221.6],
+                          [0.0, 0.0, 2.5, -191.9],
+                          [0.0, 0.0, 0.0, 1.0]])
+
+
+def write_raw(raw: Path, n: int = 5, shape=(20, 18, 6)) -> Path:
+    """A ``nifti``-kind raw dataset: images/ and labels/ with a scanner affine and q/sform codes."""
+    (raw / "images").mkdir(parents=True)
+    (raw / "labels").mkdir()
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        lab = np.zeros(shape, np.uint8)
+        lab[4:10, 3:12, :] = 1
+        lab[12:, :6, 2:] = 2
+        hu = (LOW + (HIGH - LOW) * lab / K + rng.normal(0, 2, shape)).astype(np.float32)
+        for folder, arr in (("images", hu), ("labels", lab)):
+            img = nib.Nifti1Image(arr, SOURCE_AFFINE)
+            img.set_qform(SOURCE_AFFINE, code=1)
+            img.set_sform(SOURCE_AFFINE, code=2)
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, str(raw / folder / f"case{i:02d}.nii.gz"))
+    return raw
+
+
+def write_run(run: Path, data: Path, augment: str = "official", which: str = "best.pt") -> Path:
+    cfg = ExperimentConfig(name=run.name, output_dir=str(run.parent),
+                           data=DataConfig(root=str(data), augment=augment),
+                           model=ModelConfig(name="_FirstHourBandNet", num_classes=K, img_size=(16, 16)),
+                           eval=EvalConfig(bootstrap=20, batch_size=4))
+    return save_checkpoint(run / "checkpoints" / which, BandNet(K), "_FirstHourBandNet",
+                           {"num_classes": K, "in_channels": 1, "img_size": (16, 16)}, config=to_dict(cfg),
+                           preprocessing={"class_names": NAMES,
+                                          "normalization": {"kind": "ct_window", "low": LOW, "high": HIGH}})
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> tuple[Path, Path]:
+    from transunet.data.prepare import prepare
+
+    raw = write_raw(tmp_path / "raw")
+    data = prepare("nifti", raw, tmp_path / "data", val_cases=1, normalization="ct")
+    info = json.loads((data / "dataset.json").read_text())
+    info["class_names"] = NAMES
+    (data / "dataset.json").write_text(json.dumps(info))
+    return raw, data
+
+
+# ----------------------------------------------------------------------------- defect 3
+
+
+def test_saved_predictions_overlay_the_source_scans(prepared, tmp_path):
+    from transunet.evaluate import evaluate
+
+    raw, data = prepared
+    run = tmp_path / "runs" / "toy"
+    write_run(run, data)
+    out = evaluate(run, device="cpu", save_predictions=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"]
+    for row in summary["cases"]:
+        src = nib.load(str(raw / "images" / f"{row['case_id']}.nii.gz"))
+        pred = nib.load(str(out / row["prediction"]))
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+        assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(src.affine) == ("L", "P", "S")
+        for form in ("qform", "sform"):
+            code = f"{form}_code"
+            assert int(pred.header[code]) == int(src.header[code])
+            np.testing.assert_allclose(getattr(pred, f"get_{form}")(), getattr(src, f"get_{form}")(), atol=1e-5)
+        assert pred.header.get_xyzt_units() == src.header.get_xyzt_units()
+        # the same voxel lands on the same world point
+        ijk = np.array([3, 5, 2, 1.0])
+        np.testing.assert_allclose(pred.affine @ ijk, src.affine @ ijk, atol=1e-5)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "predictions").stat().st_mode & 0o777 == 0o777 & ~umask
