@@ -116,3 +116,51 @@ def test_saved_predictions_overlay_the_source_scans(prepared, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "predictions").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# ----------------------------------------------------------------------------- defect 2
+
+
+def _scan(path: Path) -> Path:
+    img_raw = write_raw(path.parent / "scanraw", n=1)
+    src = img_raw / "images" / "case00.nii.gz"
+    return src
+
+
+def test_tta_only_with_the_flips_the_model_was_trained_with(tmp_path, capsys, caplog):
+    from transunet.infer import Predictor, predict_path
+
+    scan = _scan(tmp_path / "x")
+    plain = write_run(tmp_path / "runs" / "plain", tmp_path, augment="none")
+    flips = write_run(tmp_path / "runs" / "flips", tmp_path, augment="official")
+    assert Predictor.from_checkpoint(plain, device="cpu").trained_flips == ()
+    assert Predictor.from_checkpoint(flips, device="cpu").trained_flips == ((3,), (2,))
+
+    # a model trained without flips: --tta is refused with the fix, one error line, exit 2
+    code = main(["predict", str(plain), str(scan), "-o", str(tmp_path / "p.nii.gz"), "--tta", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert "without flips" in err[0] and "--force-tta" in err[0]
+    assert not (tmp_path / "p.nii.gz").exists()
+    with pytest.raises(Exception, match="force_tta"):
+        predict_path(plain, scan, tmp_path / "p.nii.gz", device="cpu", tta=True)
+    # --force-tta overrides, with a warning
+    code = main(["predict", str(plain), str(scan), "-o", str(tmp_path / "p.nii.gz"), "--tta", "--force-tta",
+                 "--device", "cpu"])
+    assert code == 0 and (tmp_path / "p.nii.gz").is_file()
+    assert "trained without flips" in caplog.text
+    # a model trained with flips uses them
+    assert main(["predict", str(flips), str(scan), "-o", str(tmp_path / "q.nii.gz"), "--tta", "--device", "cpu"]) == 0
+
+
+def test_evaluate_tta_follows_the_training_augmentation(prepared, tmp_path, capsys):
+    from transunet.evaluate import evaluate
+
+    _, data = prepared
+    run = tmp_path / "runs" / "plain"
+    write_run(run, data, augment="none")
+    code = main(["evaluate", str(run), "--tta", "--device", "cpu", "--no-report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--force-tta" in err[0]
+    out = evaluate(run, device="cpu", tta=True, force_tta=True)
+    assert json.loads((out / "summary.json").read_text())["tta"] is True

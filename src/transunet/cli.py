@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(ckpt_path, device=args.device or "auto")
     out = evaluate(args.run, data=args.data, split=args.split, protocol=args.protocol,
                    out_dir=args.out, device=args.device or "auto", save_predictions=args.save_predictions,
-                   tta=args.tta, predictor=predictor)
+                   tta=args.tta, force_tta=args.force_tta, predictor=predictor)
     print(f"evaluation written to {out}")
     if not args.no_report:  # the report is its own stage; the command chains it with the same model
         from transunet.report import make_report
@@ -159,7 +159,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from transunet.infer import predict_path
 
     outs = predict_path(args.checkpoint, args.input, args.output, device=args.device or "auto",
-                        tta=args.tta, save_probabilities=args.probabilities, overwrite=args.overwrite)
+                        tta=args.tta, force_tta=args.force_tta, save_probabilities=args.probabilities,
+                        overwrite=args.overwrite)
     print(f"wrote {len(outs)} prediction(s) to {args.output}")
     return 0
 
@@ -266,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval/SPLIT)")
     s.add_argument("--device", default=None)
     s.add_argument("--save-predictions", action="store_true", help="write predicted NIfTI per case")
-    s.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    s.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation with the flips the model was trained with "
+                        "(refused for a model trained without flips)")
+    s.add_argument("--force-tta", action="store_true",
+                   help="with --tta: use both flips even if the model was not trained with them")
     s.add_argument("--no-report", action="store_true", help="skip the HTML report")
     s.set_defaults(func=cmd_evaluate)
 
@@ -275,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", type=Path, help="a .nii/.nii.gz file or a folder of them")
     s.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     s.add_argument("--device", default=None)
-    s.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    s.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation with the flips the model was trained with "
+                        "(refused for a model trained without flips)")
+    s.add_argument("--force-tta", action="store_true",
+                   help="with --tta: use both flips even if the model was not trained with them")
     s.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_predict)

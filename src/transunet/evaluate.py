@@ -344,13 +344,14 @@ def evaluate(
     batch_size: int | None = None,
     nsd_tolerance: float = NSD_TOLERANCE_MM,
     predictor: Predictor | None = None,
+    force_tta: bool = False,
 ) -> Path:
     """Predict and score every case of a split; write ``summary.json``, ``metrics.csv``, ``table.md``.
 
     ``summary.json`` schema (``null`` where a value is undefined)::
 
         {"split", "checkpoint", "data_root", "model", "class_names": [... incl. background],
-         "n_cases", "tta", "nsd_tolerance_mm", "bootstrap": {"resamples", "seed"},
+         "n_cases", "tta", "tta_flips", "nsd_tolerance_mm", "bootstrap": {"resamples", "seed"},
          "protocols": {"official"|"corrected": {
              "hd95_unit": "voxel" | "mm",
              "per_case": {case_id: {class_name: {"dice", "hd95", "status", ["assd", "nsd"]}}},
@@ -375,11 +376,13 @@ def evaluate(
         out_dir: Output folder (default ``RUN/eval/SPLIT``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         save_predictions: Also write ``predictions/<case>.nii.gz`` (label maps).
-        tta: Average the softmax over horizontal and vertical flips.
+        tta: Average the softmax over the flips the model was trained with (refused for a model
+            trained without flips unless ``force_tta``).
         batch_size: Slices per forward pass (default: the config's ``eval.batch_size``).
         nsd_tolerance: Tolerance of the normalised surface Dice in mm (corrected protocol).
         predictor: A :class:`~transunet.infer.Predictor` already built from the run's checkpoint
             (so a command reads it once); built here otherwise.
+        force_tta: With ``tta``, use both flips even on a model trained without them.
 
     The HTML report is a separate stage (:func:`transunet.report.make_report`); the
     ``transunet evaluate`` command runs it afterwards unless ``--no-report`` is given.
@@ -399,6 +402,7 @@ def evaluate(
     elif batch_size is not None:
         predictor.batch_size = int(batch_size)
     model, ckpt = predictor.model, predictor.checkpoint
+    flips = predictor.tta_flips(tta, force=force_tta)
     cfg = config_from_dict(ckpt["config"]) if ckpt.get("config") else None
     if data is None:
         if cfg is None:
@@ -441,7 +445,7 @@ def evaluate(
             if vol.label.size and int(vol.label.max()) >= len(class_names):
                 raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(vol.label.max())} "
                                 f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
-            pred = predictor.predict_volume(vol.image, tta=tta)
+            pred = predictor.predict_volume(vol.image, tta=flips)
             spacing = tuple(float(s) for s in vol.spacing) if vol.spacing is not None else None
             spacings[case_id] = spacing
             scored = label_metrics(pred, vol.label, classes, spacing, protocols=protocols,
@@ -472,7 +476,7 @@ def evaluate(
         summary: dict[str, Any] = {
             "split": split, "checkpoint": str(ckpt_path), "data_root": str(data_root),
             "model": ckpt["model"]["name"], "class_names": class_names, "n_cases": len(cases),
-            "tta": bool(tta), "nsd_tolerance_mm": float(nsd_tolerance),
+            "tta": bool(flips), "tta_flips": [list(d) for d in flips], "nsd_tolerance_mm": float(nsd_tolerance),
             "bootstrap": {"resamples": int(resamples), "seed": BOOTSTRAP_SEED}, "protocols": {},
             "cases": case_rows,
         }
