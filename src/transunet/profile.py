@@ -44,6 +44,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         model: A model (its ``profile_parts()`` name the parts).
         x: Input ``(B, C, H, W)`` (may live on the ``meta`` device: only shapes are used).
 
+    Counted: ``Conv2d``, ``ConvTranspose2d``, ``Linear``, the global :class:`Attention` (its two
+    matmuls, and its ``(B, heads, N, N)`` shape for the memory estimate) and any other layer that
+    defines ``attention_flops(inp, out) -> int`` (FLOPs of its attention matmuls, 2 per
+    multiply-add; e.g. :class:`transunet.layers.window_attention.WindowAttention`).
+
     Returns:
         ``{"flops": {part: flops}, "folded_saving": flops saved by input-channel folding,
         "attention": [(layer name, (B, heads, N, N))]}``.
@@ -78,6 +83,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             flops[_part(name)] = flops.get(_part(name), 0) + 2 * out.numel() * mod.in_features
         return hook
 
+    def layer_flops_hook(name: str):
+        def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: Any) -> None:
+            flops[_part(name)] = flops.get(_part(name), 0) + int(mod.attention_flops(inp, out))
+        return hook
+
     def attn_hook(name: str):
         def hook(mod: Attention, inp: tuple[torch.Tensor, ...], out: Any) -> None:
             B, N, _ = inp[0].shape
@@ -95,6 +105,8 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             hooks.append(mod.register_forward_hook(linear_hook(name)))
         elif isinstance(mod, Attention):
             hooks.append(mod.register_forward_hook(attn_hook(name)))
+        elif callable(getattr(mod, "attention_flops", None)):  # e.g. window attention
+            hooks.append(mod.register_forward_hook(layer_flops_hook(name)))
     try:
         with torch.no_grad():
             model(x)

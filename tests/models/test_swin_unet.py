@@ -226,6 +226,23 @@ def test_size_rule() -> None:
             r"img_size=\(256, 256\) is invalid for Swin-Unet.*closest valid size is \(224, 224\)",
         ),
         ({"img_size": (224, 200)}, r"closest valid size is \(224, 224\)"),
+        ({"img_size": 200}, r"multiples of 32 .*closest valid size is \(224, 224\)\."),
+        (
+            {"window_size": 9},
+            r"whole windows of window_size=9.*closest valid size is \(288, 288\), or keep "
+            r"\(224, 224\) with window_size=7\.",
+        ),
+        ({"img_size": 256}, r"or keep \(256, 256\) with window_size=8"),
+        ({"depths": (2, 0, 2, 2)}, r"depths=.* list of integers >= 1, e\.g\. \[2, 2, 2, 2\]"),
+        ({"depths": (2,)}, r"depths=\[2\] .* at least 2 stages"),
+        (
+            {"depths": (2, 2, 2, 2, 2)},
+            r"num_heads=.*has 4 entries but depths=.*has 5.*e\.g\. \[3, 6, 12, 24, 48\]",
+        ),
+        (
+            {"depths": (2, 2, 2, 2, 2), "num_heads": (3, 6, 12, 24, 48)},
+            r"multiples of 64 .*closest valid size is",
+        ),
         ({"window_size": 0}, "window_size=0 is invalid"),
         ({"decoder_depths": (2, 2)}, "decoder_depths=.*has 2 entries but must have 3"),
         ({"drop_path_rate": 1.5}, "drop_path_rate=1.5 is invalid"),
@@ -277,3 +294,32 @@ def test_capture_window_attention() -> None:
     assert len(cap.maps) == 8 + 6  # encoder blocks + decoder blocks
     assert cap.maps[0].shape == (2 * 16, 1, 16, 16)  # stage 0: 16x16 grid, 4x4 windows, 1 head
     assert torch.allclose(cap.maps[0].sum(-1), torch.ones(()))
+
+
+def test_profile_flops_match_official_count() -> None:
+    """``transunet profile`` counts window attention (``attention_flops``): at 224 the total equals
+    the official model's FlopCounterMode total (conv + addmm + bmm + mm = 12.220 GFLOPs), and the
+    attention matmuls its ``bmm`` share."""
+    from transunet.profile import profile_numbers
+
+    full = json.loads((DATA / "full_size.json").read_text())["swin_unet_official_tiny_lite"]
+    n = profile_numbers("Swin-Unet", 224)
+    assert n["parameters"] == 27_168_900
+    assert round(n["gflops"] * 1e9) == sum(full["flops_by_op"].values()) == 12_219_561_984
+    attn = [m for m in tiny().modules() if hasattr(m, "attention_flops")]
+    assert attn and full["flops_by_op"]["aten.bmm"] == 427_800_576
+
+
+def test_cli_size_error_before_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``transunet train`` reports a bad Swin-Unet size as one ``error:`` line naming the rule and
+    the nearest valid size, before looking at the (missing) data folder."""
+    from transunet.cli import main
+
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "synapse_swin_unet.yaml"
+    argv = ["train", str(cfg), "--set", "model.img_size=[200,200]", "--set",
+            f"data.root={tmp_path / 'missing'}", "--set", "model.pretrained=null"]
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: model: img_size=(200, 200) is invalid for Swin-Unet")
+    assert "multiples of 32" in lines[0] and "closest valid size is (224, 224)" in lines[0]

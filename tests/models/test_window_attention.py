@@ -90,3 +90,39 @@ def test_bad_arguments() -> None:
         WindowAttention(10, 4, 3)
     with pytest.raises(ValueError, match="attn_impl"):
         WindowAttention(8, 4, 2, attn_impl="flash")
+
+
+def test_attention_flops_counts_both_matmuls() -> None:
+    """``attention_flops``: 2 FLOPs x (QK^T + AV) = 2 * 2 * (B*nW) * h * N * N * d, as
+    ``FlopCounterMode`` counts the explicit path's two ``bmm``s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dim, heads, w, Bw = 16, 2, 4, 6
+    attn = WindowAttention(dim, w, heads, attn_impl="explicit")
+    x = torch.randn(Bw, w * w, dim)
+    out = attn(x)
+    expected = 2 * 2 * Bw * heads * (w * w) ** 2 * (dim // heads)
+    assert attn.attention_flops((x,), out) == expected
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        attn(x)
+    by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    assert by_op["aten.bmm"] == expected
+
+
+def test_count_flops_uses_attention_flops_of_any_layer() -> None:
+    """``count_flops`` adds ``attention_flops`` of every layer that defines it (beside Linears)."""
+    from transunet.profile import count_flops
+
+    class Wrap(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = WindowAttention(16, 4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x)
+
+    model = Wrap()
+    x = torch.randn(3, 16, 16)
+    total = sum(count_flops(model, x)["flops"].values())
+    linears = 2 * 3 * 16 * (16 * 48 + 16 * 16)  # qkv + proj
+    assert total == linears + model.attn.attention_flops((x,), None)

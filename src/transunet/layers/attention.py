@@ -29,6 +29,11 @@ class RecordsAttention(nn.Module):
     :attr:`attention_store` to a list on every such layer for the duration of a ``with`` block; a
     layer then computes its attention explicitly and appends its weights to the list (detached).
     Outside the block :attr:`attention_store` is ``None`` and the fast path runs.
+
+    Optional: a layer may define ``attention_flops(inp, out) -> int``, the FLOPs of its attention
+    matmuls in one call (2 per multiply-add; ``inp`` the positional inputs of ``forward``), which
+    :func:`transunet.profile.count_flops` adds for every layer that defines it (the projections
+    are ``Linear`` layers counted on their own).
     """
 
     attention_store: list[torch.Tensor] | None = None

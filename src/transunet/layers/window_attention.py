@@ -247,5 +247,20 @@ class WindowAttention(RecordsAttention):
         out = out.transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
 
+    def attention_flops(self, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> int:
+        """FLOPs of the two attention matmuls of one call (used by ``transunet profile``).
+
+        ``(q * scale) @ k^T`` and ``probs @ v`` each cost ``B*nW * h * N * N * d`` multiply-adds;
+        2 FLOPs per multiply-add. The scale, bias, mask and softmax are not counted (as for the
+        other layers of :func:`transunet.profile.count_flops`); the ``qkv``/``proj`` Linears are
+        counted by their own hooks.
+
+        Args:
+            inp: The positional inputs of :meth:`forward`; ``inp[0]`` is ``(B * nW, N, C)``.
+            out: The output (unused).
+        """
+        Bw, N, _ = inp[0].shape
+        return 2 * 2 * Bw * self.num_heads * N * N * self.head_dim
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}, attn_impl={self.attn_impl!r}"

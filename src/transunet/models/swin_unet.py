@@ -163,12 +163,18 @@ def check_swin_img_size(
         ((a, b) for a in values for b in values if swin_size_ok((a, b), window_size, num_stages)),
         key=lambda p: (abs(p[0] - h) + abs(p[1] - w), -p[0] - p[1]),
     )
+    # When only the window breaks the rule, the same size also works with another window_size.
+    windows = [v for v in range(1, max(h, w) // PATCH_SIZE + 1) if swin_size_ok((h, w), v, num_stages)]
+    alt = ""
+    if windows:
+        win = min(windows, key=lambda v: (abs(v - window_size), -v))
+        alt = f", or keep ({h}, {w}) with window_size={win}"
     raise ValueError(
         f"img_size=({h}, {w}) is invalid for {model}: height and width must be multiples of {multiple} "
         f"(patch {PATCH_SIZE} x 2^{num_stages - 1} patch mergings) and every stage's token grid "
         f"(H/4, W/4, H/8, ...) must split into whole windows of window_size={window_size} (a stage whose "
         f"smaller side is <= window_size uses that side as its window); the closest valid size is "
-        f"({best[0]}, {best[1]})."
+        f"({best[0]}, {best[1]}){alt}."
     )
 
 
