@@ -228,7 +228,8 @@ def test_cli_evaluate_and_refusals(setup, tmp_path, capsys):
         img = f["image"][:]
         img[2, 3, 4] = np.nan
         f["image"][...] = img
-    assert main(["evaluate", str(run), "--device", "cpu", "--no-report", "--save-predictions"]) == 2
+    assert main(["evaluate", str(run), "--device", "cpu", "--no-report", "--save-predictions",
+                 "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "case0003" in err and "NaN" in err
     assert summary.read_bytes() == before

@@ -164,3 +164,30 @@ def test_evaluate_tta_follows_the_training_augmentation(prepared, tmp_path, caps
     assert code == 2 and len(err) == 1 and "--force-tta" in err[0]
     out = evaluate(run, device="cpu", tta=True, force_tta=True)
     assert json.loads((out / "summary.json").read_text())["tta"] is True
+
+
+# ----------------------------------------------------------------------------- defect 4
+
+
+def test_evaluating_another_split_keeps_the_first_report(prepared, tmp_path, capsys):
+    _, data = prepared
+    run = tmp_path / "runs" / "toy"
+    write_run(run, data)
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    test_report = run / "report" / "test"
+    before = sorted(p.name for p in test_report.iterdir())
+    assert "index.html" in before and any(n.startswith("overlay_") for n in before)
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in test_report.iterdir()) == before  # nothing of the test report deleted
+    assert (run / "report" / "val" / "index.html").is_file()
+    assert (run / "eval" / "test" / "summary.json").is_file() and (run / "eval" / "val" / "summary.json").is_file()
+    capsys.readouterr()
+
+    # evaluating the same split again refuses to replace it, as the other commands do
+    stamp = (run / "eval" / "test" / "summary.json").stat().st_mtime_ns
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--overwrite" in err[0]
+    assert (run / "eval" / "test" / "summary.json").stat().st_mtime_ns == stamp
+    assert main(["evaluate", str(run), "--device", "cpu", "--overwrite"]) == 0
+    assert (run / "eval" / "test" / "summary.json").stat().st_mtime_ns != stamp

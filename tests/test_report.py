@@ -334,7 +334,7 @@ def test_representative_slices() -> None:
 
 def test_make_report_writes_a_self_contained_page(fake_run: Path, tmp_path: Path) -> None:
     index = builder.make_report(fake_run, split="test", device="cpu")
-    assert index == fake_run / "report" / "index.html"
+    assert index == fake_run / "report" / "test" / "index.html"  # one report per split
     page = index.read_text()
     pngs = sorted(p.name for p in index.parent.glob("*.png"))
     summary = json.loads((fake_run / "eval" / "test" / "summary.json").read_text())

@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(ckpt_path, device=args.device or "auto")
     out = evaluate(args.run, data=args.data, split=args.split, protocol=args.protocol,
                    out_dir=args.out, device=args.device or "auto", save_predictions=args.save_predictions,
-                   tta=args.tta, force_tta=args.force_tta, predictor=predictor)
+                   tta=args.tta, force_tta=args.force_tta, predictor=predictor, overwrite=args.overwrite)
     print(f"evaluation written to {out}")
     if not args.no_report:  # the report is its own stage; the command chains it with the same model
         from transunet.report import make_report
@@ -178,6 +178,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = run_demo(args.out, overwrite=args.overwrite, device=args.device or "auto")
     print(f"demo report: {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from transunet.compare import compare, compare_runs
+
+    if bool(args.spec) == bool(args.runs):
+        raise TransUNetError("compare takes a spec (a YAML file or a preset: demo_compare, synapse_paper, "
+                             "acdc_paper) or --runs RUN_A RUN_B ..., not both.")
+    if args.runs:
+        folder = compare_runs(args.runs, args.out or Path("comparisons") / "runs_comparison",
+                              reference=args.reference, names=args.names, data=args.data, split=args.split,
+                              device=args.device or "auto")
+    else:
+        folder = compare(args.spec, device=args.device, output_dir=args.out)
+    print(f"comparison written to {folder}")
+    if not args.no_report:  # the report is its own stage
+        from transunet.report.compare_report import make_compare_report
+
+        print(f"report: {make_compare_report(folder, device=args.device or 'auto', data=args.data)}")
     return 0
 
 
@@ -273,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force-tta", action="store_true",
                    help="with --tta: use both flips even if the model was not trained with them")
     s.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation of this split (or of --out DIR) and its report")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment NIfTI file(s) with a checkpoint")
@@ -295,6 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("compare", help="train/evaluate several models under one protocol: table, tests, report")
+    s.add_argument("spec", nargs="?", default=None,
+                   help="comparison YAML or preset (demo_compare, synapse_paper, acdc_paper)")
+    s.add_argument("--runs", nargs="+", type=Path, default=None, metavar="RUN",
+                   help="compare existing run folders instead of a spec")
+    s.add_argument("--names", nargs="+", default=None, help="with --runs: row names (default: folder names)")
+    s.add_argument("--reference", default=None, help="with --runs: reference row of the paired tests")
+    s.add_argument("--out", type=Path, default=None,
+                   help="spec: parent folder (replaces output_dir); --runs: the comparison folder")
+    s.add_argument("--data", type=Path, default=None, help="dataset for evaluations and the overlay")
+    s.add_argument("--split", default="test", help="with --runs: the evaluated split")
+    s.add_argument("--device", default=None)
+    s.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> report, on CPU in minutes")
     s.add_argument("--out", type=Path, default=Path("transunet_demo"))

@@ -9,7 +9,7 @@
 3. :func:`transunet.train.train` trains the CPU demo configuration (``configs/demo_cpu.yaml``,
    shipped inside the package) into ``OUT/runs/demo_cpu``;
 4. :func:`transunet.evaluate.evaluate` scores the test cases in the official and the corrected
-   protocol, and writes the HTML report (``OUT/runs/demo_cpu/report/index.html``).
+   protocol, and writes the HTML report (``OUT/runs/demo_cpu_transunet_tiny/report/test/index.html``).
 
 ``OUT/demo.json`` records the stage timings and the resulting Dice; a finished demo folder is never
 overwritten without ``overwrite=True``, and a folder that the demo did not create is never touched.
@@ -169,7 +169,7 @@ def run_demo(
     record["stages_s"]["evaluate_and_report"] = round(time.perf_counter() - t, 2)
 
     paths = RunPaths(Path(run))
-    index = paths.report / REPORT_HTML
+    index = paths.report_dir(cfg.data.test_split) / REPORT_HTML
     if not index.is_file():
         raise TransUNetError(
             f"the evaluation finished but the report {index} was not written (see the warning above); "

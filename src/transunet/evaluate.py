@@ -345,6 +345,7 @@ def evaluate(
     nsd_tolerance: float = NSD_TOLERANCE_MM,
     predictor: Predictor | None = None,
     force_tta: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Predict and score every case of a split; write ``summary.json``, ``metrics.csv``, ``table.md``.
 
@@ -383,6 +384,8 @@ def evaluate(
         predictor: A :class:`~transunet.infer.Predictor` already built from the run's checkpoint
             (so a command reads it once); built here otherwise.
         force_tta: With ``tta``, use both flips even on a model trained without them.
+        overwrite: Replace an earlier evaluation in the output folder (its ``summary.json``,
+            tables and ``predictions/``); without it an existing evaluation is refused up front.
 
     The HTML report is a separate stage (:func:`transunet.report.make_report`); the
     ``transunet evaluate`` command runs it afterwards unless ``--no-report`` is given.
@@ -418,6 +421,10 @@ def evaluate(
     _check_model_vs_data(ckpt_path, ckpt, model, data_root, class_names, info)
     resamples = cfg.eval.bootstrap if cfg else 1000
     out = Path(out_dir) if out_dir is not None else RunPaths(run_root).eval_dir(split)
+    earlier = [out / n for n in ("summary.json", "metrics.csv", "table.md", "predictions") if (out / n).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(f"{out} already holds an evaluation ({', '.join(p.name for p in earlier)}); pass "
+                              "--overwrite (overwrite=True) to replace it, or --out DIR to write elsewhere.")
     classes = list(range(1, len(class_names)))
     known = info.get("spacing") or {}
     unknown = [c for c in cases if not known.get(c)]

@@ -10,7 +10,7 @@ Training, evaluation, reporting and prediction all find their files through :fun
       progress.png           training curves, redrawn every epoch
       tensorboard/           TensorBoard events (when tensorboard is installed)
       eval/<split>/          summary.json, metrics.csv, table.md, predictions/
-      report/                index.html and its PNGs
+      report/<split>/        index.html and its PNGs, one report per evaluated split
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class RunPaths:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    def report_dir(self, split: str) -> Path:
+        """Folder of the report of ``split`` (one per split: a report never replaces another's)."""
+        return self.report / split
 
     def eval_dir(self, split: str) -> Path:
         """Folder of the evaluation of ``split``."""

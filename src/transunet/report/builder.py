@@ -226,7 +226,8 @@ def make_report(
         split: Evaluated split whose ``RUN/eval/SPLIT/summary.json`` is reported.
         device: Device for the few forward passes (``auto``, ``cpu``, ``cuda``, ``mps``).
         summary: An explicit ``summary.json`` (e.g. from ``evaluate --out``) instead of the run's.
-        out_dir: Output folder (default ``RUN/report``).
+        out_dir: Output folder (default ``RUN/report/SPLIT``: one report per split, so reporting
+            one split never touches another's; rebuilding a report replaces its own files).
         predictor: A :class:`~transunet.infer.Predictor` already built from the run's checkpoint
             (``transunet evaluate`` passes its own, so the checkpoint is read once).
 
@@ -237,7 +238,7 @@ def make_report(
     paths = RunPaths(root)
     summary_path = Path(summary) if summary is not None else paths.eval_summary(split)
     summ = tables.load_summary(summary_path)
-    out = Path(out_dir) if out_dir is not None else paths.report
+    out = Path(out_dir) if out_dir is not None else paths.report_dir(str(summ.get("split") or split))
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # figures of a previous report (case names may differ)
         old.unlink()
