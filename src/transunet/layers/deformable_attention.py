@@ -47,14 +47,19 @@ CORRECT_AXES: dict[int, tuple[int, ...]] = {2: (1, 0), 3: (2, 1, 0)}
 OFFICIAL_COTR_AXES: tuple[int, int, int] = (0, 2, 1)
 
 
-def _core(value: torch.Tensor, spatial_shapes: Sequence[Sequence[int]], sampling_locations: torch.Tensor,
-          attention_weights: torch.Tensor) -> torch.Tensor:
+def _core(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     B, S, M, Dh = value.shape
     _, Lq, _, L, P, n = sampling_locations.shape
     sizes = [math.prod(s) for s in spatial_shapes]
     if sum(sizes) != S:
-        raise ValueError(f"value has {S} tokens but spatial_shapes {list(map(tuple, spatial_shapes))} "
-                         f"hold {sum(sizes)}.")
+        raise ValueError(
+            f"value has {S} tokens but spatial_shapes {list(map(tuple, spatial_shapes))} hold {sum(sizes)}."
+        )
     grids = 2.0 * sampling_locations - 1.0  # [0, 1] -> [-1, 1] (align_corners=False)
     sampled = []
     for lvl, (v, shape) in enumerate(zip(value.split(sizes, dim=1), spatial_shapes)):
@@ -69,8 +74,12 @@ def _core(value: torch.Tensor, spatial_shapes: Sequence[Sequence[int]], sampling
     return out.view(B, M * Dh, Lq).transpose(1, 2).contiguous()  # (B, Lq, M*Dh)
 
 
-def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: Sequence[Sequence[int]],
-                        sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn_core(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     """Weighted bilinear sampling of multi-level values (2D or 3D by the levels' rank).
 
     Args:
@@ -86,29 +95,39 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: Sequence[Sequence[i
     """
     n = sampling_locations.shape[-1]
     if any(len(s) != n for s in spatial_shapes):
-        raise ValueError(f"sampling locations have {n} components but the levels are "
-                         f"{list(map(tuple, spatial_shapes))}.")
+        raise ValueError(
+            f"sampling locations have {n} components but the levels are {list(map(tuple, spatial_shapes))}."
+        )
     return _core(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def ms_deform_attn_core_2d(value: torch.Tensor, spatial_shapes: Sequence[Sequence[int]],
-                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn_core_2d(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     """:func:`ms_deform_attn_core` for 2D levels ``(H, W)`` and locations ``(x, y)`` (4-D ``grid_sample``)."""
     if sampling_locations.shape[-1] != 2:
         raise ValueError("ms_deform_attn_core_2d takes (x, y) sampling locations.")
     return ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def ms_deform_attn_core_3d(value: torch.Tensor, spatial_shapes: Sequence[Sequence[int]],
-                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn_core_3d(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     """:func:`ms_deform_attn_core` for 3D levels ``(D, H, W)``, locations ``(x, y, z)`` (5-D ``grid_sample``)."""
     if sampling_locations.shape[-1] != 3:
         raise ValueError("ms_deform_attn_core_3d takes (x, y, z) sampling locations.")
     return ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-def reference_points(spatial_shapes: Sequence[Sequence[int]], axes: Sequence[int],
-                     device: torch.device | str | None = None) -> torch.Tensor:
+def reference_points(
+    spatial_shapes: Sequence[Sequence[int]], axes: Sequence[int], device: torch.device | str | None = None
+) -> torch.Tensor:
     """Cell-centre reference points of every token of every level, normalised to ``[0, 1]``.
 
     Token ``i`` of a level with shape ``S`` (row-major) at index ``(i_0, i_1, ...)`` gets component
@@ -125,8 +144,9 @@ def reference_points(spatial_shapes: Sequence[Sequence[int]], axes: Sequence[int
     """
     refs = []
     for shape in spatial_shapes:
-        coords = torch.meshgrid(*[(torch.arange(s, dtype=torch.float32, device=device) + 0.5) / s
-                                  for s in shape], indexing="ij")
+        coords = torch.meshgrid(
+            *[(torch.arange(s, dtype=torch.float32, device=device) + 0.5) / s for s in shape], indexing="ij"
+        )
         refs.append(torch.stack([coords[a].reshape(-1) for a in axes], -1))  # (prod(S), n)
     return torch.cat(refs, 0)[None]
 
@@ -149,8 +169,15 @@ class MSDeformAttn(RecordsAttention):
         value_proj, output_proj: ``Linear(d, d)``.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 spatial_dims: int = 2, axes: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        spatial_dims: int = 2,
+        axes: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}.")
@@ -188,8 +215,13 @@ class MSDeformAttn(RecordsAttention):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, query: torch.Tensor, reference: torch.Tensor, value_input: torch.Tensor,
-                spatial_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference: torch.Tensor,
+        value_input: torch.Tensor,
+        spatial_shapes: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
         """Attend.
 
         Args:
@@ -209,8 +241,9 @@ class MSDeformAttn(RecordsAttention):
         value = self.value_proj(value_input).view(B, value_input.shape[1], M, self.d_model // M)  # (B, S, M, Dh)
         offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, n)
         weights = self.attention_weights(query).view(B, Lq, M, L * P).softmax(-1).view(B, Lq, M, L, P)
-        norm = torch.tensor([[s[a] for a in self.axes] for s in spatial_shapes], dtype=offsets.dtype,
-                            device=offsets.device)  # (L, n)
+        norm = torch.tensor(
+            [[s[a] for a in self.axes] for s in spatial_shapes], dtype=offsets.dtype, device=offsets.device
+        )  # (L, n)
         if reference.ndim == 3:
             reference = reference[:, :, None]  # (B, Lq, 1, n): the same point on every level
         locations = reference[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None, :]

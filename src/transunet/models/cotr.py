@@ -152,15 +152,29 @@ class BackboneBlock(nn.Module):
         norm, act, spatial_dims, weight_std: See :class:`CoTr`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int | tuple[int, ...], downsample: bool,
-                 norm: str, act: str, spatial_dims: int, weight_std: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int | tuple[int, ...],
+        downsample: bool,
+        norm: str,
+        act: str,
+        spatial_dims: int,
+        weight_std: bool,
+    ) -> None:
         super().__init__()
         conv = _conv_cls(spatial_dims, weight_std)
         self.conv1 = conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.norm1 = _norm(norm, out_channels, spatial_dims)
         self.nonlin = _act(act)
-        self.downsample = (nn.Sequential(conv(in_channels, out_channels, 1, stride=stride, bias=False),
-                                         _norm(norm, out_channels, spatial_dims)) if downsample else None)
+        self.downsample = (
+            nn.Sequential(
+                conv(in_channels, out_channels, 1, stride=stride, bias=False), _norm(norm, out_channels, spatial_dims)
+            )
+            if downsample
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.downsample is None else self.downsample(x)
@@ -180,17 +194,37 @@ class Backbone(nn.Module):
         feature_info: The four outputs by in-plane stride (2, 4, 8, 16).
     """
 
-    def __init__(self, in_channels: int, widths: Sequence[int], blocks: Sequence[int], norm: str, act: str,
-                 spatial_dims: int, weight_std: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        norm: str,
+        act: str,
+        spatial_dims: int,
+        weight_std: bool,
+    ) -> None:
         super().__init__()
         stem_stride = (1, 2, 2) if spatial_dims == 3 else 2
-        self.conv1 = _conv_cls(spatial_dims, weight_std)(in_channels, widths[0], 7, stride=stem_stride, padding=3,
-                                                          bias=False)
+        self.conv1 = _conv_cls(spatial_dims, weight_std)(
+            in_channels, widths[0], 7, stride=stem_stride, padding=3, bias=False
+        )
         self.norm1 = _norm(norm, widths[0], spatial_dims)
         self.nonlin = _act(act)
         for i, n in enumerate(blocks):
-            layer = [BackboneBlock(widths[i] if b == 0 else widths[i + 1], widths[i + 1], 2 if b == 0 else 1,
-                                   b == 0, norm, act, spatial_dims, weight_std) for b in range(n)]
+            layer = [
+                BackboneBlock(
+                    widths[i] if b == 0 else widths[i + 1],
+                    widths[i + 1],
+                    2 if b == 0 else 1,
+                    b == 0,
+                    norm,
+                    act,
+                    spatial_dims,
+                    weight_std,
+                )
+                for b in range(n)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
         self.feature_info = [FeatureInfo(2 ** (i + 1), w) for i, w in enumerate(widths)]
 
@@ -283,8 +317,17 @@ class DeformableTransformerEncoderLayer(nn.Module):
         axes: Reference-point component axes (see :mod:`transunet.layers.deformable_attention`).
     """
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int,
-                 spatial_dims: int, axes: Sequence[int]) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        n_levels: int,
+        n_heads: int,
+        n_points: int,
+        spatial_dims: int,
+        axes: Sequence[int],
+    ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, spatial_dims, axes)
         self.dropout1 = nn.Dropout(dropout)
@@ -295,8 +338,9 @@ class DeformableTransformerEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor,
-                spatial_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, spatial_shapes: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
         """``(B, N, d)`` tokens, ``(1, N, d)`` position codes, ``(1, N, n)`` references -> ``(B, N, d)``."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference, src, spatial_shapes)))
         ffn = self.linear2(self.dropout2(F.gelu(self.linear1(src))))
@@ -310,8 +354,9 @@ class DeformableTransformerEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DeformableTransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor,
-                spatial_shapes: Sequence[Sequence[int]]) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, spatial_shapes: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
         for layer in self.layers:
             src = layer(src, pos, reference, spatial_shapes)
         return src
@@ -328,13 +373,31 @@ class DeformableTransformer(nn.Module):
         axes: Reference-point component axes.
     """
 
-    def __init__(self, d_model: int, num_heads: int, num_layers: int, num_points: int, dim_feedforward: int,
-                 dropout: float, n_levels: int, spatial_dims: int, axes: Sequence[int]) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        num_points: int,
+        dim_feedforward: int,
+        dropout: float,
+        n_levels: int,
+        spatial_dims: int,
+        axes: Sequence[int],
+    ) -> None:
         super().__init__()
         self.axes = tuple(axes)
         self.encoder = DeformableTransformerEncoder(
-            num_layers, d_model=d_model, d_ffn=dim_feedforward, dropout=dropout, n_levels=n_levels,
-            n_heads=num_heads, n_points=num_points, spatial_dims=spatial_dims, axes=axes)
+            num_layers,
+            d_model=d_model,
+            d_ffn=dim_feedforward,
+            dropout=dropout,
+            n_levels=n_levels,
+            n_heads=num_heads,
+            n_points=num_points,
+            spatial_dims=spatial_dims,
+            axes=axes,
+        )
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         self.reset_parameters()
 
@@ -387,14 +450,36 @@ class CoTr(SegmentationModel):
     fixed_input_size = False
     foreign_prefixes = ("U_ResTran3D.",)
 
-    def __init__(self, *, num_classes: int, in_channels: int, img_size: Sequence[int], spatial_dims: int = 2,
-                 channels: Sequence[int] = (64, 192), blocks: Sequence[int] = (3, 3, 2), d_model: int = 384,
-                 num_heads: int = 6, num_layers: int = 6, num_points: int = 4, dim_feedforward: int = 1536,
-                 dropout: float = 0.1, norm: str = "instance", act: str = "leaky_relu", weight_std: bool = False,
-                 deep_supervision: bool = True, reference_order: str = "official", pos_rule: str = "cotr") -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        img_size: Sequence[int],
+        spatial_dims: int = 2,
+        channels: Sequence[int] = (64, 192),
+        blocks: Sequence[int] = (3, 3, 2),
+        d_model: int = 384,
+        num_heads: int = 6,
+        num_layers: int = 6,
+        num_points: int = 4,
+        dim_feedforward: int = 1536,
+        dropout: float = 0.1,
+        norm: str = "instance",
+        act: str = "leaky_relu",
+        weight_std: bool = False,
+        deep_supervision: bool = True,
+        reference_order: str = "official",
+        pos_rule: str = "cotr",
+    ) -> None:
         multiple = (8, 16, 16) if spatial_dims == 3 else 16
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=multiple, spatial_dims=spatial_dims)
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            img_size=img_size,
+            size_multiple=multiple,
+            spatial_dims=spatial_dims,
+        )
         n = spatial_dims
         self.deep_supervision = bool(deep_supervision)
         self.reference_order, self.pos_rule = reference_order, pos_rule
@@ -403,8 +488,9 @@ class CoTr(SegmentationModel):
         self.feature_info = self.backbone.feature_info
         axes = OFFICIAL_COTR_AXES if (n == 3 and reference_order == "official") else CORRECT_AXES[n]
         self.position_embed = SinePositionEncoding(d_model, n, pos_rule)
-        self.encoder_Detrans = DeformableTransformer(d_model, num_heads, num_layers, num_points, dim_feedforward,
-                                                     dropout, 2, n, axes)
+        self.encoder_Detrans = DeformableTransformer(
+            d_model, num_heads, num_layers, num_points, dim_feedforward, dropout, 2, n, axes
+        )
         convt = nn.ConvTranspose3d if n == 3 else nn.ConvTranspose2d
         conv = nn.Conv3d if n == 3 else nn.Conv2d
         c0, c1 = channels
@@ -419,8 +505,9 @@ class CoTr(SegmentationModel):
             self.ds1_cls_conv = conv(c1, num_classes, 1)
             self.ds0_cls_conv = conv(c0, num_classes, 1)
         self.cls_conv = conv(c0, num_classes, 1)
-        self.upsample = nn.Upsample(scale_factor=(1, 2, 2) if n == 3 else 2,
-                                    mode="trilinear" if n == 3 else "bilinear", align_corners=False)
+        self.upsample = nn.Upsample(
+            scale_factor=(1, 2, 2) if n == 3 else 2, mode="trilinear" if n == 3 else "bilinear", align_corners=False
+        )
         self._init_cnn()
 
     def _init_cnn(self) -> None:
@@ -528,8 +615,10 @@ COTR_ARGS: dict[str, Any] = {
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid for CoTr: choose one of {', '.join(map(repr, choices))}."
-                         + (did_you_mean(value, choices) if isinstance(value, str) else ""))
+        raise ValueError(
+            f"{name}={value!r} is invalid for CoTr: choose one of {', '.join(map(repr, choices))}."
+            + (did_you_mean(value, choices) if isinstance(value, str) else "")
+        )
     return str(value)
 
 
@@ -541,10 +630,15 @@ def _bool(name: str, value: Any) -> bool:
 
 
 def _int_list(name: str, value: Any, length: int, example: Sequence[int]) -> tuple[int, ...]:
-    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != length
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-        raise ValueError(f"{name}={value!r} is invalid for CoTr: it must be {length} positive integers, "
-                         f"e.g. {list(example)}.")
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != length
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        raise ValueError(
+            f"{name}={value!r} is invalid for CoTr: it must be {length} positive integers, e.g. {list(example)}."
+        )
     return tuple(int(v) for v in value)
 
 
@@ -578,24 +672,31 @@ def cotr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
     d, heads = a["d_model"], a["num_heads"]
     step = 2 * sd  # an even number of sine features per axis
     if d % step:
-        raise ValueError(f"d_model={d} is invalid for CoTr: with spatial_dims={sd} it must be a multiple of {step} "
-                         f"(an even sine-encoding width per axis); closest valid: {max(step, round(d / step) * step)}.")
+        raise ValueError(
+            f"d_model={d} is invalid for CoTr: with spatial_dims={sd} it must be a multiple of {step} "
+            f"(an even sine-encoding width per axis); closest valid: {max(step, round(d / step) * step)}."
+        )
     if d % heads:
         divisors = [v for v in range(1, d + 1) if d % v == 0]
         closest = min(divisors, key=lambda v: (abs(v - heads), v))
-        raise ValueError(f"num_heads={heads} is invalid for CoTr: it must divide d_model={d}; closest valid: {closest}.")
+        raise ValueError(
+            f"num_heads={heads} is invalid for CoTr: it must divide d_model={d}; closest valid: {closest}."
+        )
     a["dropout"] = check_rate(name, "dropout", a["dropout"])
     a["norm"] = _choice("norm", a["norm"], NORMS)
     a["act"] = _choice("act", a["act"], ACTS)
     if a["norm"] == "group":
         bad = [c for c in (*a["channels"], d) if c % 16]
         if bad:
-            raise ValueError(f"norm='group' is invalid for CoTr with widths {bad}: GroupNorm(16) needs multiples of "
-                             f"16; closest valid width: {max(16, round(bad[0] / 16) * 16)}.")
+            raise ValueError(
+                f"norm='group' is invalid for CoTr with widths {bad}: GroupNorm(16) needs multiples of "
+                f"16; closest valid width: {max(16, round(bad[0] / 16) * 16)}."
+            )
     for k in ("weight_std", "deep_supervision"):
         a[k] = _bool(k, a[k])
-    a["reference_order"] = _choice("reference_order", a["reference_order"] or
-                                   ("official" if sd == 3 else "corrected"), REFERENCE_ORDERS)
+    a["reference_order"] = _choice(
+        "reference_order", a["reference_order"] or ("official" if sd == 3 else "corrected"), REFERENCE_ORDERS
+    )
     a["pos_rule"] = _choice("pos_rule", a["pos_rule"] or ("cotr" if sd == 3 else "detr"), POS_RULES)
     model = CoTr(num_classes=num_classes, in_channels=in_channels, img_size=size, **a)
     model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": size, **a}
