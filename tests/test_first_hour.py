@@ -191,3 +191,32 @@ def test_evaluating_another_split_keeps_the_first_report(prepared, tmp_path, cap
     assert (run / "eval" / "test" / "summary.json").stat().st_mtime_ns == stamp
     assert main(["evaluate", str(run), "--device", "cpu", "--overwrite"]) == 0
     assert (run / "eval" / "test" / "summary.json").stat().st_mtime_ns != stamp
+
+
+# ----------------------------------------------------------------------------- defect 7
+
+
+def test_predict_accepts_a_run_folder_and_says_which_checkpoint(tmp_path, caplog, capsys):
+    import logging
+
+    from transunet.infer import Predictor
+
+    scan = _scan(tmp_path / "x")
+    run = tmp_path / "runs" / "r"
+    write_run(run, tmp_path, which="last.pt")  # no validation: only last.pt
+    with caplog.at_level(logging.INFO):
+        assert main(["predict", str(run), str(scan), "-o", str(tmp_path / "p.nii.gz"), "--device", "cpu"]) == 0
+    assert (tmp_path / "p.nii.gz").is_file()
+    assert str(run / "checkpoints" / "last.pt") in caplog.text
+    write_run(run, tmp_path, which="best.pt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        predictor = Predictor.from_checkpoint(run, device="cpu")
+    assert predictor.path == run / "checkpoints" / "best.pt"
+    assert str(run / "checkpoints" / "best.pt") in caplog.text
+    # an empty folder: one error line that says what a run folder holds
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "empty"), str(scan), "-o", str(tmp_path / "q.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoints/best.pt" in err[0]

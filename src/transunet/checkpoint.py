@@ -141,18 +141,54 @@ def checkpoint_img_size(ckpt: dict[str, Any], path: str | Path) -> tuple[int, in
     return as_pair(size)
 
 
+def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
+    """The checkpoint a run folder or checkpoint path stands for, and the run folder it belongs to.
+
+    Every command that takes a checkpoint also takes a run folder; the file used is logged.
+
+    Args:
+        run: A run folder (``checkpoints/best.pt``, else ``checkpoints/last.pt`` with a warning) or
+            a checkpoint file (its run folder is ``RUN`` for ``RUN/checkpoints/x.pt``, otherwise the
+            folder holding the file).
+
+    Returns:
+        ``(checkpoint_path, run_folder)``.
+    """
+    from transunet.paths import RunPaths, run_folder_of
+
+    run = Path(run)
+    if run.is_dir():
+        paths = RunPaths(run)
+        if paths.best.is_file():
+            log.info("run folder %s: using checkpoint %s", run, paths.best)
+            return paths.best, run
+        if paths.last.is_file():
+            log.warning("%s has no best.pt (no validation split?); using checkpoint %s", paths.checkpoints,
+                        paths.last)
+            return paths.last, run
+        raise CheckpointError(f"run folder {run} has no checkpoints/best.pt or checkpoints/last.pt; "
+                              "train it first ('transunet train') or pass a checkpoint file.")
+    if run.is_file():
+        return run, run_folder_of(run)
+    raise CheckpointError(f"{run} does not exist; pass a run folder (from 'transunet train') or a "
+                          "checkpoint file.")
+
+
 def model_from_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in one of our checkpoints, in eval mode on ``device``.
 
     Args:
-        path: Our checkpoint (``best.pt``, ``last.pt`` or a converted file).
+        path: Our checkpoint (``best.pt``, ``last.pt`` or a converted file), or a run folder (its
+            ``checkpoints/best.pt``, else ``last.pt``; see :func:`resolve_checkpoint`).
         device: Target device.
 
     Returns:
-        ``(model, checkpoint_dict)``.
+        ``(model, checkpoint_dict)``: a tuple, unpack it (``model, ckpt = model_from_checkpoint(p)``).
     """
+    if Path(path).is_dir():
+        path = resolve_checkpoint(path)[0]
     ckpt = load_checkpoint(path, map_location="cpu")
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
     if "img_size" in kwargs and isinstance(kwargs["img_size"], list):

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="score a run or checkpoint on a split (official/corrected protocol)")
-    s.add_argument("run", type=Path, help="run folder (uses checkpoints/best.pt) or checkpoint file")
+    s.add_argument("run", type=Path, help="run folder (its checkpoints/best.pt, else last.pt) or checkpoint file")
     s.add_argument("--data", type=Path, default=None, help="prepared dataset (default: the run's)")
     s.add_argument("--split", default="test")
     s.add_argument("--protocol", choices=["official", "corrected", "both"], default="both")
@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment NIfTI file(s) with a checkpoint")
-    s.add_argument("checkpoint", type=Path)
+    s.add_argument("checkpoint", type=Path,
+                   help="checkpoint file, or a run folder (its checkpoints/best.pt, else last.pt)")
     s.add_argument("input", type=Path, help="a .nii/.nii.gz file or a folder of them")
     s.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     s.add_argument("--device", default=None)

@@ -39,49 +39,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from transunet.checkpoint import resolve_checkpoint
 from transunet.config import PROTOCOLS as CONFIG_PROTOCOLS
 from transunet.config import config_from_dict
 from transunet.data.synapse import display_columns
 from transunet.errors import CheckpointError, ConfigError, DataError, check_choice
 from transunet.infer import Predictor
 from transunet.metrics import NSD_TOLERANCE_MM, ClassMetrics, label_metrics, nan_to_none
-from transunet.paths import RunPaths, run_folder_of
+from transunet.paths import RunPaths
 from transunet.utils import atomic_write_text, resolve_device
 
 log = logging.getLogger(__name__)
 
 #: Seed of the bootstrap resampling (fixed, so confidence intervals are reproducible).
 BOOTSTRAP_SEED = 0
-
-# ----------------------------------------------------------------------------- resolving inputs
-
-
-def resolve_checkpoint(run: str | Path) -> tuple[Path, Path]:
-    """The checkpoint to evaluate and the run folder its outputs belong to.
-
-    Args:
-        run: A run folder (``checkpoints/best.pt``, else ``checkpoints/last.pt`` with a warning) or
-            a checkpoint file (its run folder is ``RUN`` for ``RUN/checkpoints/x.pt``, otherwise the
-            folder holding the file).
-
-    Returns:
-        ``(checkpoint_path, run_folder)``.
-    """
-    run = Path(run)
-    if run.is_dir():
-        paths = RunPaths(run)
-        if paths.best.is_file():
-            return paths.best, run
-        if paths.last.is_file():
-            log.warning("%s has no best.pt (no validation split?); evaluating %s", paths.checkpoints, paths.last)
-            return paths.last, run
-        raise CheckpointError(f"run folder {run} has no checkpoints/best.pt or checkpoints/last.pt; "
-                              "train it first ('transunet train') or pass a checkpoint file.")
-    if run.is_file():
-        return run, run_folder_of(run)
-    raise CheckpointError(f"{run} does not exist; pass a run folder (from 'transunet train') or a "
-                          "checkpoint file.")
-
 
 # ----------------------------------------------------------------------------- statistics
 

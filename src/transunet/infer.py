@@ -157,13 +157,15 @@ class Predictor:
         """Read a checkpoint once and rebuild its model in eval mode on ``device``.
 
         Args:
-            path: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file).
+            path: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file), or a run folder
+                (its ``best.pt``, else ``last.pt``; the file used is logged).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
             batch_size: Slices per forward pass (default: the config's ``eval.batch_size`` or 16).
         """
-        from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint
+        from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint, resolve_checkpoint
         from transunet.utils import resolve_device
 
+        path = resolve_checkpoint(path)[0]
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         model, ckpt = model_from_checkpoint(path, device=dev)
         if batch_size is None:
@@ -360,8 +362,8 @@ def predict_path(
     All destinations are checked before anything is predicted.
 
     Args:
-        checkpoint: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file), or a
-            :class:`Predictor` already built from one.
+        checkpoint: Our checkpoint (``RUN/checkpoints/best.pt`` or a converted file), a run folder
+            (its ``best.pt``, else ``last.pt``), or a :class:`Predictor` already built from one.
         input: A ``.nii``/``.nii.gz`` file or a folder of them (not searched recursively).
         output: Output file (single input; or a folder) or output folder (folder input).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
