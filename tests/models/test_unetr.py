@@ -336,3 +336,186 @@ def test_full_size_parameter_count() -> None:
     n = sum(p.numel() for p in model.parameters())
     assert n == MONAI_FULL_PARAMS - UNUSED_CROSS_NORM == 87_269_433
     assert model.vit.encoder.taps == (3, 6, 9)
+
+
+# ----------------------------------------------------------------------------- 3D (spatial_dims=3)
+
+SIZE3D = (16, 16, 32)  # (D, H, W): token grid 1 x 1 x 2
+
+
+def tiny3d(**kwargs: Any) -> UNETR:
+    args = {**SMALL, "num_classes": 3, "img_size": SIZE3D, "spatial_dims": 3, **kwargs}
+    return create_model("UNETR", **args)
+
+
+def randomize(model: torch.nn.Module) -> None:
+    """Move every parameter and BN statistic off its init so layout slips show."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.1 * torch.randn(t.shape, generator=g))
+                if t.ndim == 1:
+                    t.abs_()  # keeps BN running_var positive
+
+
+def to_monai_layout(model: UNETR) -> dict[str, torch.Tensor]:
+    """Our state dict in MONAI's ``UNETR`` layout (the converter's inverse, written independently):
+    fused qkv, MONAI block names, the ``Convolution`` wrapper level, never-used cross norms."""
+    out: dict[str, torch.Tensor] = {}
+    sd = model.state_dict()
+    d = model.hidden_size
+    convs = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    names = {"attention_norm": "norm1", "ffn_norm": "norm2", "ffn.fc1": "mlp.linear1",
+             "ffn.fc2": "mlp.linear2", "attn.out": "attn.out_proj"}
+    for key, t in sd.items():
+        mod_name, param = key.rsplit(".", 1)
+        if key.startswith("vit.embeddings."):
+            out[key.replace("vit.embeddings.", "vit.patch_embedding.")] = t
+        elif key.startswith("vit.encoder.encoder_norm."):
+            out["vit.norm." + param] = t
+        elif key.startswith("vit.encoder.layer."):
+            i, rest = key[len("vit.encoder.layer.") :].split(".", 1)
+            sub = rest.rsplit(".", 1)[0]
+            if sub in ("attn.query", "attn.key", "attn.value"):
+                if sub == "attn.query":
+                    parts = [sd[f"vit.encoder.layer.{i}.attn.{n}.{param}"] for n in ("query", "key", "value")]
+                    out[f"vit.blocks.{i}.attn.qkv.{param}"] = torch.cat(parts)
+                continue
+            out[f"vit.blocks.{i}.{names[sub]}.{param}"] = t
+            if sub == "attention_norm":
+                out[f"vit.blocks.{i}.norm_cross_attn.{param}"] = torch.ones(d)
+        elif key.startswith("out."):
+            out[f"out.conv.conv.{param}"] = t
+        else:
+            wrapped = isinstance(model.get_submodule(mod_name), convs)
+            mod_name = mod_name.replace("encoder1.", "encoder1.layer.", 1)
+            out[f"{mod_name}.conv.{param}" if wrapped else key.replace("encoder1.", "encoder1.layer.", 1)] = t
+    return out
+
+
+def test_2d_is_the_default() -> None:
+    model = create_model("UNETR", num_classes=3, img_size=32, **SMALL)
+    assert model.spatial_dims == 2 and model.model_kwargs["spatial_dims"] == 2
+    assert isinstance(model.vit.embeddings.patch_embeddings, torch.nn.Conv2d)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_3d_shapes_forward_backward(in_channels: int) -> None:
+    model = tiny3d(in_channels=in_channels).train()
+    assert model.spatial_dims == 3 and model.img_size == SIZE3D and model.grid_size == (1, 1, 2)
+    assert isinstance(model.vit.embeddings.patch_embeddings, torch.nn.Conv3d)
+    assert isinstance(model.encoder2.transp_conv_init, torch.nn.ConvTranspose3d)
+    assert isinstance(model.encoder1.norm1, torch.nn.InstanceNorm3d)
+    assert model.vit.embeddings.position_embeddings.shape == (1, 2, SMALL["hidden_size"])
+    y = model(torch.randn(2, in_channels, *SIZE3D))
+    assert y.shape == (2, 3, *SIZE3D)
+    y.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match=r"\(B, %d, D, H, W\)" % in_channels):
+        model(torch.randn(2, in_channels, 16, 32))
+    with model.capture_attention() as cap, torch.no_grad():
+        model.eval()(torch.randn(1, in_channels, *SIZE3D))
+    assert cap.grid == (1, 1, 2) and cap.maps[0].shape == (1, SMALL["num_heads"], 2, 2)
+    again = create_model("UNETR", **model.model_kwargs)
+    assert again.spatial_dims == 3 and again.img_size == SIZE3D
+
+
+@pytest.mark.parametrize("variant", [{}, {"proj_type": "perceptron", "norm_name": "batch"}])
+def test_3d_monai_layout_round_trip(tmp_path: Path, variant: dict[str, Any]) -> None:
+    """A 3D MONAI-layout state dict (made by an independent inverse of the converter) loads through
+    ``load_pretrained`` and reproduces the model it came from exactly."""
+    a = tiny3d(**variant).eval()
+    randomize(a)
+    monai_sd = to_monai_layout(a)
+    assert "vit.blocks.0.attn.qkv.weight" in monai_sd and "out.conv.conv.weight" in monai_sd
+    if variant:  # MONAI's perceptron: Linear on (p1 p2 p3 c)-flattened patches
+        w = monai_sd.pop("vit.patch_embedding.patch_embeddings.weight")  # (D, C, p, p, p)
+        monai_sd["vit.patch_embedding.patch_embeddings.1.weight"] = w.permute(0, 2, 3, 4, 1).flatten(1)
+        monai_sd["vit.patch_embedding.patch_embeddings.1.bias"] = monai_sd.pop(
+            "vit.patch_embedding.patch_embeddings.bias"
+        )
+    path = tmp_path / "monai3d.pth"
+    torch.save(monai_sd, path)
+    b = tiny3d(**variant).eval()
+    report = load_pretrained(b, path)
+    assert report.missing == [] and report.unexpected == []
+    x = torch.rand(2, 1, *SIZE3D)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_3d_perceptron_weight_is_the_conv_kernel() -> None:
+    """``b c (h p1) (w p2) (d p3) -> b (h w d) (p1 p2 p3 c)`` + Linear == our strided Conv3d."""
+    c, d, p = 2, 8, PATCH_SIZE
+    lin = torch.nn.Linear(p**3 * c, d)
+    x = torch.randn(1, c, 2 * p, p, 3 * p)
+    b, _, s1, s2, s3 = x.shape
+    patches = (
+        x.reshape(b, c, s1 // p, p, s2 // p, p, s3 // p, p)
+        .permute(0, 2, 4, 6, 3, 5, 7, 1)
+        .reshape(b, -1, p**3 * c)
+    )  # (B, N, p1 p2 p3 c)
+    sd = {
+        "vit.patch_embedding.patch_embeddings.1.weight": lin.weight.detach(),
+        "vit.patch_embedding.patch_embeddings.1.bias": lin.bias.detach(),
+    }
+    conv = monai_to_unetr(sd, d, spatial_dims=3).state_dict
+    ours = torch.nn.functional.conv3d(
+        x, conv["vit.embeddings.patch_embeddings.weight"], conv["vit.embeddings.patch_embeddings.bias"], stride=p
+    )
+    assert torch.allclose(ours.flatten(2).transpose(1, 2), lin(patches), atol=1e-5)
+
+
+def test_3d_refuses_2d_weights_and_npz(tmp_path: Path) -> None:
+    from transunet.errors import CheckpointError
+
+    path = tmp_path / "own2d.pth"
+    torch.save(create_model("UNETR", num_classes=3, img_size=32, **SMALL).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"holds a 2D UNETR.*this model is 3D: build it with spatial_dims=2"):
+        load_pretrained(tiny3d(img_size=32), path)
+    path3d = tmp_path / "own3d.pth"
+    torch.save(tiny3d(img_size=32).state_dict(), path3d)
+    with pytest.raises(CheckpointError, match=r"holds a 3D UNETR.*build it with spatial_dims=3"):
+        load_pretrained(create_model("UNETR", num_classes=3, img_size=32, **SMALL), path3d)
+    npz = tmp_path / "vit.npz"
+    fake_google_npz(npz, SMALL["hidden_size"], SMALL["mlp_dim"], SMALL["num_heads"], 4, 2)
+    with pytest.raises(CheckpointError, match="initialises only the 2D UNETR"):
+        load_pretrained(tiny3d(), npz)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"spatial_dims": 4}, "spatial_dims=4 is invalid for UNETR.*2 .* or 3 .*closest valid: 3"),
+        ({"spatial_dims": True}, "spatial_dims=True is invalid for UNETR"),
+        ({"img_size": (32, 32)}, r"img_size=\(32, 32\) is invalid.*\(D, H, W\)"),
+        ({"img_size": (44, 32, 32)}, r"closest valid size is \(48, 32, 32\)"),
+    ],
+)
+def test_3d_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match) as e:
+        tiny3d(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_3d_against_monai(tmp_path: Path) -> None:
+    """Optional (test extra): MONAI's own 3D UNETR, weights moved off init, loads and matches."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    kw = {"feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2}
+    for proj_type, norm_name in (("conv", "instance"), ("perceptron", "batch")):
+        ref = monai_nets.UNETR(
+            in_channels=1, out_channels=3, img_size=SIZE3D, proj_type=proj_type, norm_name=norm_name,
+            spatial_dims=3, **kw,
+        ).eval()
+        randomize(ref)
+        ours = tiny3d(proj_type=proj_type, norm_name=norm_name, num_layers=12, **kw).eval()
+        n_ref = sum(p.numel() for p in ref.parameters())
+        assert n_ref - sum(p.numel() for p in ours.parameters()) == 12 * 2 * kw["hidden_size"]
+        path = tmp_path / f"monai3d_{proj_type}.pth"
+        torch.save(ref.state_dict(), path)
+        report = load_pretrained(ours, path)
+        assert report.missing == [] and report.unexpected == []
+        x = torch.rand(2, 1, *SIZE3D)
+        with torch.no_grad():
+            assert (ours(x) - ref(x)).abs().max().item() <= 1e-5

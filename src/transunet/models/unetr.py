@@ -1,9 +1,12 @@
-"""UNETR in 2D: a plain ViT encoder whose hidden states feed a CNN decoder.
+"""UNETR in 2D (and 3D): a plain ViT encoder whose hidden states feed a CNN decoder.
 
 Hatamizadeh et al., "UNETR: Transformers for 3D Medical Image Segmentation", WACV 2022,
 https://arxiv.org/abs/2103.10504. Reference: MONAI 1.6.1 ``monai.networks.nets.UNETR`` with
 ``spatial_dims=2`` (the authors' research-contributions copy is 3D only); a MONAI state dict loads
 through :func:`transunet.weights.load_pretrained` and reproduces MONAI's logits (max |diff| ~1e-7).
+``spatial_dims=3`` builds the volumetric form (``Conv3d``/``ConvTranspose3d``, ``16^3`` patches,
+input ``(B, C, D, H, W)``) so MONAI's 3D state dicts (e.g. NVIDIA's BTCV UNETR) load too; the
+slice-wise training pipeline uses the 2D form (``transunet train`` refuses 3D models).
 
 What is computed (as MONAI):
 
@@ -41,7 +44,8 @@ Differences from MONAI:
   token dropped, position grid resized, RGB patch kernel folded for 1-channel input). Google's
   ViT has q/k/v biases: build with ``qkv_bias=True`` to use them (with ``False`` they are reported
   unused); its LayerNorms were trained with eps 1e-6 (here 1e-5, as MONAI).
-* 2D only; MONAI's ``spatial_dims=3`` is not offered (the package's model contract is 2D).
+* ``spatial_dims=3`` is Python-only (weight loading, the planned 3D pipeline); Google ``.npz``
+  files (2D patch kernels) initialise only the 2D form.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ from transunet.models.base import (
     check_rate,
 )
 from transunet.registry import register_model
-from transunet.utils import as_pair
+from transunet.utils import as_size
 from transunet.weights import (
     ConvertedWeights,
     ForeignWeights,
@@ -99,18 +103,31 @@ NORM_NAMES = ("instance", "batch")
 _NPZ_POS_KEY = "Transformer/posembed_input/pos_embedding"
 _NPZ_CLASSIFIER = ("cls", "head/", "pre_logits/")
 _LEAKY_SLOPE = 0.01
+SPATIAL_DIMS = (2, 3)
+_CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T: dict[int, type[nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_INSTANCE_NORM: dict[int, type[nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_BATCH_NORM: dict[int, type[nn.Module]] = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def _conv(
+    spatial_dims: int, in_channels: int, out_channels: int, kernel: int, bias: bool = False
+) -> nn.Module:
+    """``Conv2d``/``Conv3d`` with a cubic ``kernel``, stride 1, "same" padding."""
+    return _CONV[spatial_dims](in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
 
 
 # ----------------------------------------------------------------------------- ViT encoder
 
 
 class PatchEmbedding(nn.Module):
-    """Cut the image into ``16 x 16`` patches, project them to ``D`` and add position embeddings.
+    """Cut the image into ``16 x 16`` (3D: ``16^3``) patches, project them to ``D`` and add
+    position embeddings.
 
     Args:
         in_channels: Image channels ``C``.
         hidden_size: Token width ``D``.
-        grid_size: Token grid ``(gh, gw)``.
+        grid_size: Token grid ``(gh, gw)`` (3D: ``(gd, gh, gw)``; its length sets the dims).
         proj_type: ``"conv"`` (PyTorch default init) or ``"perceptron"`` (trunc-normal 0.02 weights,
             zero bias, as MONAI's Linear); both compute the same function.
         dropout: Dropout on the embedded tokens.
@@ -120,15 +137,17 @@ class PatchEmbedding(nn.Module):
         self,
         in_channels: int,
         hidden_size: int,
-        grid_size: tuple[int, int],
+        grid_size: tuple[int, ...],
         proj_type: str = "conv",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.grid_size = grid_size
-        self.patch_embeddings = nn.Conv2d(in_channels, hidden_size, PATCH_SIZE, stride=PATCH_SIZE)
+        self.grid_size = tuple(grid_size)
+        self.patch_embeddings = _CONV[len(self.grid_size)](
+            in_channels, hidden_size, PATCH_SIZE, stride=PATCH_SIZE
+        )
         self.position_embeddings = nn.Parameter(
-            torch.zeros(1, grid_size[0] * grid_size[1], hidden_size)
+            torch.zeros(1, math.prod(self.grid_size), hidden_size)
         )
         self.dropout = nn.Dropout(dropout)
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)
@@ -140,12 +159,12 @@ class PatchEmbedding(nn.Module):
         """Embed.
 
         Args:
-            x: ``(B, C, H, W)`` with ``(H / 16, W / 16) == grid_size``.
+            x: ``(B, C, H, W)`` with ``(H / 16, W / 16) == grid_size`` (3D: ``(B, C, D, H, W)``).
 
         Returns:
-            Tokens ``(B, gh * gw, D)``, row-major over the grid.
+            Tokens ``(B, gh * gw, D)`` (3D: ``gd * gh * gw``), row-major over the grid.
         """
-        x = self.patch_embeddings(x)  # (B, D, gh, gw)
+        x = self.patch_embeddings(x)  # (B, D, gh, gw) or (B, D, gd, gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         return self.dropout(x + self.position_embeddings)
 
@@ -238,7 +257,7 @@ class ViTEncoder(nn.Module):
 
     Args:
         in_channels: Image channels.
-        grid_size: Token grid ``(gh, gw)``.
+        grid_size: Token grid ``(gh, gw)`` or ``(gd, gh, gw)``.
         hidden_size, mlp_dim, num_heads, num_layers, dropout, qkv_bias, attn_impl: See
             :class:`Encoder`.
         proj_type: ``"conv"`` or ``"perceptron"`` (:class:`PatchEmbedding`).
@@ -247,7 +266,7 @@ class ViTEncoder(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        grid_size: tuple[int, int],
+        grid_size: tuple[int, ...],
         hidden_size: int,
         mlp_dim: int,
         num_heads: int,
@@ -265,21 +284,24 @@ class ViTEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Image ``(B, C, H, W)`` -> ``(normed tokens, 3 tapped hidden states)``, ``(B, N, D)``."""
+        """Image ``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> ``(normed tokens, 3 tapped hidden
+        states)``, each ``(B, N, D)``."""
         return self.encoder(self.embeddings(x))
 
 
 # ----------------------------------------------------------------------------- CNN blocks
 
 
-def _norm(norm_name: str, channels: int) -> nn.Module:
-    """``instance``: InstanceNorm2d, no affine/stats (MONAI's default); ``batch``: BatchNorm2d."""
-    return nn.InstanceNorm2d(channels) if norm_name == "instance" else nn.BatchNorm2d(channels)
+def _norm(norm_name: str, channels: int, spatial_dims: int = 2) -> nn.Module:
+    """``instance``: InstanceNorm2d/3d, no affine/stats (MONAI's default); ``batch``:
+    BatchNorm2d/3d."""
+    table = _INSTANCE_NORM if norm_name == "instance" else _BATCH_NORM
+    return table[spatial_dims](channels)
 
 
-def _up(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
-    """Transposed 2 x 2 convolution with stride 2, no bias (doubles the resolution)."""
-    return nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
+def _up(in_channels: int, out_channels: int, spatial_dims: int = 2) -> nn.Module:
+    """Transposed 2 x 2 (x 2) convolution with stride 2, no bias (doubles the resolution)."""
+    return _CONV_T[spatial_dims](in_channels, out_channels, 2, stride=2, bias=False)
 
 
 class UnetrBasicBlock(nn.Module):
@@ -289,17 +311,20 @@ class UnetrBasicBlock(nn.Module):
         in_channels: Input channels.
         out_channels: Output channels.
         norm_name: ``"instance"`` or ``"batch"``.
+        spatial_dims: 2 or 3 (``3 x 3 x 3`` kernels).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_name: str) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_name: str, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm1 = _norm(norm_name, out_channels)
-        self.norm2 = _norm(norm_name, out_channels)
+        self.conv1 = _conv(spatial_dims, in_channels, out_channels, 3)
+        self.conv2 = _conv(spatial_dims, out_channels, out_channels, 3)
+        self.norm1 = _norm(norm_name, out_channels, spatial_dims)
+        self.norm2 = _norm(norm_name, out_channels, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in, H, W) -> (B, out, H, W)``."""
+        """``(B, in, *S) -> (B, out, *S)`` (``S`` = ``(H, W)`` or ``(D, H, W)``)."""
         x = F.leaky_relu(self.norm1(self.conv1(x)), _LEAKY_SLOPE)
         return F.leaky_relu(self.norm2(self.conv2(x)), _LEAKY_SLOPE)
 
@@ -314,22 +339,25 @@ class UnetrResBlock(nn.Module):
         in_channels: Input channels.
         out_channels: Output channels.
         norm_name: ``"instance"`` or ``"batch"``.
+        spatial_dims: 2 or 3.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_name: str) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_name: str, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm1 = _norm(norm_name, out_channels)
-        self.norm2 = _norm(norm_name, out_channels)
-        self.conv3: nn.Conv2d | None = None
+        self.conv1 = _conv(spatial_dims, in_channels, out_channels, 3)
+        self.conv2 = _conv(spatial_dims, out_channels, out_channels, 3)
+        self.norm1 = _norm(norm_name, out_channels, spatial_dims)
+        self.norm2 = _norm(norm_name, out_channels, spatial_dims)
+        self.conv3: nn.Module | None = None
         self.norm3: nn.Module | None = None
         if in_channels != out_channels:
-            self.conv3 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-            self.norm3 = _norm(norm_name, out_channels)
+            self.conv3 = _conv(spatial_dims, in_channels, out_channels, 1)
+            self.norm3 = _norm(norm_name, out_channels, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in, H, W) -> (B, out, H, W)``."""
+        """``(B, in, *S) -> (B, out, *S)`` (``S`` = ``(H, W)`` or ``(D, H, W)``)."""
         out = F.leaky_relu(self.norm1(self.conv1(x)), _LEAKY_SLOPE)
         out = self.norm2(self.conv2(out))
         residual = (
@@ -338,8 +366,11 @@ class UnetrResBlock(nn.Module):
         return F.leaky_relu(out + residual, _LEAKY_SLOPE)
 
 
-def _conv_block(in_channels: int, out_channels: int, norm_name: str, res_block: bool) -> nn.Module:
-    return (UnetrResBlock if res_block else UnetrBasicBlock)(in_channels, out_channels, norm_name)
+def _conv_block(
+    in_channels: int, out_channels: int, norm_name: str, res_block: bool, spatial_dims: int = 2
+) -> nn.Module:
+    block = UnetrResBlock if res_block else UnetrBasicBlock
+    return block(in_channels, out_channels, norm_name, spatial_dims)
 
 
 class UnetrPrUpBlock(nn.Module):
@@ -353,6 +384,7 @@ class UnetrPrUpBlock(nn.Module):
         norm_name: ``"instance"`` or ``"batch"``.
         conv_block: A conv block after every extra transposed conv.
         res_block: Residual (``True``) or basic conv blocks.
+        spatial_dims: 2 or 3.
     """
 
     def __init__(
@@ -363,21 +395,24 @@ class UnetrPrUpBlock(nn.Module):
         norm_name: str,
         conv_block: bool = True,
         res_block: bool = True,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        self.transp_conv_init = _up(in_channels, out_channels)
+        nd = spatial_dims
+        self.transp_conv_init = _up(in_channels, out_channels, nd)
         self.blocks = nn.ModuleList(
             nn.Sequential(
-                _up(out_channels, out_channels),
-                _conv_block(out_channels, out_channels, norm_name, res_block),
+                _up(out_channels, out_channels, nd),
+                _conv_block(out_channels, out_channels, norm_name, res_block, nd),
             )
             if conv_block
-            else _up(out_channels, out_channels)
+            else _up(out_channels, out_channels, nd)
             for _ in range(num_layer)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, D, gh, gw) -> (B, out, gh * 2**(num_layer+1), gw * 2**(num_layer+1))``."""
+        """``(B, D, gh, gw) -> (B, out, gh * 2**(num_layer+1), gw * 2**(num_layer+1))`` (3D
+        alike)."""
         x = self.transp_conv_init(x)
         for blk in self.blocks:
             x = blk(x)
@@ -393,17 +428,25 @@ class UnetrUpBlock(nn.Module):
         out_channels: Channels of the skip and of the output.
         norm_name: ``"instance"`` or ``"batch"``.
         res_block: Residual (``True``) or basic conv block.
+        spatial_dims: 2 or 3.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, norm_name: str, res_block: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_name: str,
+        res_block: bool = True,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        self.transp_conv = _up(in_channels, out_channels)
-        self.conv_block = _conv_block(2 * out_channels, out_channels, norm_name, res_block)
+        self.transp_conv = _up(in_channels, out_channels, spatial_dims)
+        self.conv_block = _conv_block(
+            2 * out_channels, out_channels, norm_name, res_block, spatial_dims
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """``x (B, in, h, w)``, ``skip (B, out, 2h, 2w)`` -> ``(B, out, 2h, 2w)``."""
+        """``x (B, in, h, w)``, ``skip (B, out, 2h, 2w)`` -> ``(B, out, 2h, 2w)`` (3D alike)."""
         return self.conv_block(
             torch.cat([self.transp_conv(x), skip], dim=1)
         )  # (B, 2 out, 2h, 2w) in
@@ -413,12 +456,13 @@ class UnetrUpBlock(nn.Module):
 
 
 class UNETR(SegmentationModel):
-    """UNETR (2D): ViT encoder, skips from its hidden states, CNN decoder (see the module doc).
+    """UNETR: ViT encoder, skips from its hidden states, CNN decoder (see the module doc).
 
     Args:
         num_classes: Output classes including background.
         in_channels: Image channels.
-        img_size: ``(H, W)``, multiples of 16 (fixed: learned position embeddings).
+        img_size: ``(H, W)`` (3D: ``(D, H, W)``), multiples of 16 (fixed: learned position
+            embeddings).
         feature_size: Base width ``fs``; skips have ``fs, 2fs, 4fs, 8fs`` channels at strides 1-8.
         hidden_size: ViT token width.
         mlp_dim: ViT MLP width.
@@ -431,6 +475,8 @@ class UNETR(SegmentationModel):
         dropout_rate: Dropout of the ViT (embeddings, attention, MLP).
         qkv_bias: Bias on query/key/value (MONAI default ``False``; ``True`` to use Google's).
         attn_impl: ``"fused"`` (SDPA) or ``"explicit"``.
+        spatial_dims: 2 (slices; the default and what the pipeline trains) or 3 (volumes
+            ``(B, C, D, H, W)``, MONAI's ``spatial_dims=3``).
     """
 
     attention_kind = "global"
@@ -441,7 +487,7 @@ class UNETR(SegmentationModel):
         *,
         num_classes: int,
         in_channels: int,
-        img_size: tuple[int, int],
+        img_size: tuple[int, ...],
         feature_size: int = 16,
         hidden_size: int = 768,
         mlp_dim: int = 3072,
@@ -454,14 +500,18 @@ class UNETR(SegmentationModel):
         dropout_rate: float = 0.0,
         qkv_bias: bool = False,
         attn_impl: str = "fused",
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,
             img_size=img_size,
             size_multiple=PATCH_SIZE,
+            spatial_dims=spatial_dims,
         )
-        self.grid_size = (self.img_size[0] // PATCH_SIZE, self.img_size[1] // PATCH_SIZE)
+        nd = self.spatial_dims
+        #: Token grid ``(gh, gw)`` or ``(gd, gh, gw)``.
+        self.grid_size: tuple[int, ...] = tuple(s // PATCH_SIZE for s in self.img_size)
         self.hidden_size = hidden_size
         self.qkv_bias = qkv_bias
         fs = feature_size
@@ -486,28 +536,30 @@ class UNETR(SegmentationModel):
             qkv_bias,
             attn_impl,
         )
-        self.encoder1 = _conv_block(in_channels, ch[1], norm_name, res_block)
-        self.encoder2 = UnetrPrUpBlock(hidden_size, ch[2], 2, norm_name, conv_block, res_block)
-        self.encoder3 = UnetrPrUpBlock(hidden_size, ch[4], 1, norm_name, conv_block, res_block)
-        self.encoder4 = UnetrPrUpBlock(hidden_size, ch[8], 0, norm_name, conv_block, res_block)
-        self.decoder5 = UnetrUpBlock(ch[16], ch[8], norm_name, res_block)
-        self.decoder4 = UnetrUpBlock(ch[8], ch[4], norm_name, res_block)
-        self.decoder3 = UnetrUpBlock(ch[4], ch[2], norm_name, res_block)
-        self.decoder2 = UnetrUpBlock(ch[2], ch[1], norm_name, res_block)
-        self.out = nn.Conv2d(ch[1], num_classes, 1)
+        self.encoder1 = _conv_block(in_channels, ch[1], norm_name, res_block, nd)
+        self.encoder2 = UnetrPrUpBlock(hidden_size, ch[2], 2, norm_name, conv_block, res_block, nd)
+        self.encoder3 = UnetrPrUpBlock(hidden_size, ch[4], 1, norm_name, conv_block, res_block, nd)
+        self.encoder4 = UnetrPrUpBlock(hidden_size, ch[8], 0, norm_name, conv_block, res_block, nd)
+        self.decoder5 = UnetrUpBlock(ch[16], ch[8], norm_name, res_block, nd)
+        self.decoder4 = UnetrUpBlock(ch[8], ch[4], norm_name, res_block, nd)
+        self.decoder3 = UnetrUpBlock(ch[4], ch[2], norm_name, res_block, nd)
+        self.decoder2 = UnetrUpBlock(ch[2], ch[1], norm_name, res_block, nd)
+        self.out = _conv(nd, ch[1], num_classes, 1, bias=True)
 
     def _to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         B, _, D = tokens.shape
-        return tokens.transpose(1, 2).reshape(B, D, *self.grid_size)  # (B, N, D) -> (B, D, gh, gw)
+        # (B, N, D) -> (B, D, gh, gw) or (B, D, gd, gh, gw)
+        return tokens.transpose(1, 2).reshape(B, D, *self.grid_size)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        """Segment.
+        """Segment (shape comments: 2D; a 3D model has a leading depth axis ``D`` alike).
 
         Args:
-            x: ``(B, in_channels, H, W)`` with ``(H, W) == img_size``.
+            x: ``(B, in_channels, H, W)`` with ``(H, W) == img_size`` (3D: ``(B, in_channels,
+                D, H, W)``).
 
         Returns:
-            Logits ``(B, num_classes, H, W)``.
+            Logits ``(B, num_classes, H, W)`` (3D: ``(B, num_classes, D, H, W)``).
         """
         tokens, (h1, h2, h3) = self.vit(x)  # (B, N, D) each
         enc1 = self.encoder1(x)  # (B, fs, H, W)
@@ -530,8 +582,8 @@ class UNETR(SegmentationModel):
             ("head", "out"),
         ]
 
-    def attention_grid(self) -> tuple[int, int]:
-        """The token grid ``(H / 16, W / 16)``."""
+    def attention_grid(self) -> tuple[int, ...]:
+        """The token grid ``(H / 16, W / 16)`` (3D: ``(D / 16, H / 16, W / 16)``)."""
         return self.grid_size
 
     # ------------------------------------------------------------------ foreign weights
@@ -544,18 +596,36 @@ class UNETR(SegmentationModel):
         path and head keep their initialisation.
         """
         if weights.kind == "npz":
+            if self.spatial_dims != 2:
+                raise CheckpointError(
+                    f"{weights.source} is a Google ViT .npz (2D 16x16 patch kernels), which "
+                    "initialises only the 2D UNETR; build it with spatial_dims=2 or load a 3D "
+                    "MONAI UNETR state dict."
+                )
             return google_npz_to_unetr(self, weights.tensors, weights.source)
         sd = strip_prefixes(weights.tensors, extra=self.foreign_prefixes)
         if any(k.startswith(("vit.blocks.", "vit.patch_embedding.", "vit.norm.")) for k in sd):
-            return monai_to_unetr(sd, self.hidden_size)
-        return ConvertedWeights(sd, [])
+            converted = monai_to_unetr(sd, self.hidden_size, self.spatial_dims)
+        else:
+            converted = ConvertedWeights(sd, [])
+        kernel = converted.state_dict.get("vit.embeddings.patch_embeddings.weight")
+        if kernel is not None and kernel.ndim in (4, 5) and kernel.ndim != self.spatial_dims + 2:
+            file_dims = kernel.ndim - 2
+            raise CheckpointError(
+                f"{weights.source} holds a {file_dims}D UNETR (spatial_dims={file_dims}, patch "
+                f"kernel {tuple(kernel.shape)}); this model is {self.spatial_dims}D: build it with "
+                f"spatial_dims={file_dims}."
+            )
+        return converted
 
     def explain_mismatch(
         self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]
     ) -> str | None:
-        """3D files, other image sizes and other widths get their own causes."""
-        if len(file_shape) == len(model_shape) + 1 and len(model_shape) >= 3:
-            return "the file is a 3D UNETR (spatial_dims=3); this model is 2D"
+        """3D/2D files, other image sizes and other widths get their own causes."""
+        if len(file_shape) == len(model_shape) + 1 and len(model_shape) == 4:
+            return "the file is a 3D UNETR (spatial_dims=3); this model is 2D (spatial_dims=2)"
+        if len(file_shape) + 1 == len(model_shape) and len(model_shape) == 5:
+            return "the file is a 2D UNETR (spatial_dims=2); this model is 3D (spatial_dims=3)"
         if (
             key.endswith("position_embeddings")
             and len(file_shape) == 3
@@ -564,7 +634,7 @@ class UNETR(SegmentationModel):
             return (
                 f"the file was made for another img_size ({file_shape[1]} token positions, "
                 f"this model "
-                f"has {model_shape[1]} = {self.grid_size[0]}x{self.grid_size[1]})"
+                f"has {model_shape[1]} = {'x'.join(map(str, self.grid_size))})"
             )
         if key.startswith("vit."):
             return "the file's ViT has another hidden_size/mlp_dim/in_channels"
@@ -574,13 +644,20 @@ class UNETR(SegmentationModel):
 # ----------------------------------------------------------------------------- weight converters
 
 
-def monai_to_unetr(state_dict: Mapping[str, torch.Tensor], hidden_size: int) -> ConvertedWeights:
-    """Rename a MONAI ``UNETR(spatial_dims=2)`` state dict to :class:`UNETR`'s keys.
+def monai_to_unetr(
+    state_dict: Mapping[str, torch.Tensor], hidden_size: int, spatial_dims: int = 2
+) -> ConvertedWeights:
+    """Rename a MONAI ``UNETR`` state dict (``spatial_dims`` 2 or 3) to :class:`UNETR`'s keys.
+
+    The key names are the same in 2D and 3D; only the kernels gain an axis. A perceptron patch
+    weight ``(D, p^n * C)`` (MONAI's ``b c (h p1) (w p2) [(d p3)] -> b (h w [d]) (p1 p2 [p3] c)``)
+    becomes the conv kernel ``(D, C, p, p[, p])``.
 
     Args:
         state_dict: MONAI keys (``vit.blocks.N.attn.qkv.weight``,
             ``encoder1.layer.conv1.conv.weight``, ...).
         hidden_size: ``D``, to split the fused ``qkv`` projection.
+        spatial_dims: 2 or 3 (the perceptron reshape).
 
     Returns:
         The converted state dict; the unused ``norm_cross_attn`` entries are dropped (expected),
@@ -632,11 +709,16 @@ def monai_to_unetr(state_dict: Mapping[str, torch.Tensor], hidden_size: int) -> 
         elif (
             key == "vit.patch_embedding.patch_embeddings.1.weight"
         ):  # perceptron: Linear on (p1 p2 c)
-            p = PATCH_SIZE
-            c = t.shape[1] // (p * p)
-            out["vit.embeddings.patch_embeddings.weight"] = (
-                t.reshape(t.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
-            )
+            p, n = PATCH_SIZE, spatial_dims
+            c = t.shape[1] // p**n
+            if t.ndim != 2 or c * p**n != t.shape[1]:
+                raise CheckpointError(
+                    f"'{key}' has shape {tuple(t.shape)}, not (hidden_size, {p}^{n} * channels): "
+                    f"the file is not a {n}D UNETR with 16-pixel patches."
+                )
+            # (D, p1, p2[, p3], C) -> (D, C, p1, p2[, p3])
+            kernel = t.reshape(t.shape[0], *([p] * n), c).permute(0, n + 1, *range(1, n + 1))
+            out["vit.embeddings.patch_embeddings.weight"] = kernel.contiguous()
         elif key == "vit.patch_embedding.patch_embeddings.1.bias":
             out["vit.embeddings.patch_embeddings.bias"] = t
         elif key.startswith("vit.norm."):
@@ -760,6 +842,7 @@ UNETR_ARGS: dict[str, Any] = {
     "dropout_rate": 0.0,
     "qkv_bias": False,
     "attn_impl": "fused",
+    "spatial_dims": 2,
 }
 
 
@@ -783,12 +866,13 @@ def _check_bool(name: str, value: Any) -> bool:
 def unetr(
     num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **kwargs: Any
 ) -> UNETR:
-    """UNETR as MONAI's ``UNETR(spatial_dims=2)`` (defaults: :data:`UNETR_ARGS`).
+    """UNETR as MONAI's ``UNETR(spatial_dims=2)`` (defaults: :data:`UNETR_ARGS`), or with
+    ``spatial_dims=3`` as MONAI's 3D UNETR.
 
     Args:
         num_classes: Output classes including background.
         in_channels: Image channels (the patch projection and ``encoder1`` take them natively).
-        img_size: ``H`` or ``(H, W)``, multiples of 16.
+        img_size: ``H`` or ``(H, W)`` (3D: ``S`` or ``(D, H, W)``), multiples of 16.
         **kwargs: Architecture arguments (keys of :data:`UNETR_ARGS`, see :class:`UNETR`).
     """
     name = "UNETR"
@@ -796,11 +880,18 @@ def unetr(
     a = {**UNETR_ARGS, **kwargs}
     num_classes = check_int(name, "num_classes", num_classes)
     in_channels = check_int(name, "in_channels", in_channels)
+    nd = a["spatial_dims"]
+    if nd not in SPATIAL_DIMS or isinstance(nd, bool):
+        closest = 3 if isinstance(nd, (int, float)) and not isinstance(nd, bool) and nd > 2 else 2
+        raise ValueError(
+            f"spatial_dims={nd!r} is invalid for UNETR: it must be 2 (slices) or 3 (volumes); "
+            f"closest valid: {closest}."
+        )
     try:
-        size = as_pair(img_size, "img_size")
+        size = as_size(img_size, nd, "img_size")
     except ValueError as e:
-        raise ValueError(f"{e} ({name})") from None
-    h, w = check_img_size(name, size, PATCH_SIZE)
+        raise ValueError(f"{e} ({name}, spatial_dims={nd})") from None
+    size = check_img_size(name, size, PATCH_SIZE, spatial_dims=nd)
     for k in ("feature_size", "hidden_size", "mlp_dim", "num_heads"):
         a[k] = check_int(name, k, a[k])
     a["num_layers"] = check_int(name, "num_layers", a["num_layers"], minimum=4)
@@ -817,11 +908,11 @@ def unetr(
     for k in ("conv_block", "res_block", "qkv_bias"):
         a[k] = _check_bool(k, a[k])
     a["dropout_rate"] = check_rate(name, "dropout_rate", a["dropout_rate"])
-    model = UNETR(num_classes=num_classes, in_channels=in_channels, img_size=(h, w), **a)
+    model = UNETR(num_classes=num_classes, in_channels=in_channels, img_size=size, **a)
     model.model_kwargs = {
         "num_classes": num_classes,
         "in_channels": in_channels,
-        "img_size": (h, w),
+        "img_size": size,
         **a,
     }
     return model
