@@ -220,3 +220,28 @@ def test_predict_accepts_a_run_folder_and_says_which_checkpoint(tmp_path, caplog
     assert main(["predict", str(tmp_path / "empty"), str(scan), "-o", str(tmp_path / "q.nii.gz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoints/best.pt" in err[0]
+
+
+# ----------------------------------------------------------------------------- defect 8
+
+
+def test_report_rebuilds_any_folder_evaluate_writes(prepared, tmp_path, capsys):
+    _, data = prepared
+    run = tmp_path / "runs" / "toy"
+    write_run(run, data)
+    ev = tmp_path / "elsewhere"
+    assert main(["evaluate", str(run), "--out", str(ev), "--device", "cpu", "--no-report"]) == 0
+    assert main(["report", str(ev), "--device", "cpu"]) == 0
+    assert (ev / "report" / "index.html").is_file()
+    assert str(ev / "report" / "index.html") in capsys.readouterr().out
+    assert not (run / "report").exists()  # the run's own reports are not touched
+    # the default evaluation folder of another split works the same way
+    assert main(["evaluate", str(run), "--split", "val", "--device", "cpu", "--no-report"]) == 0
+    assert main(["report", str(run / "eval" / "val"), "--device", "cpu"]) == 0
+    assert (run / "report" / "val" / "index.html").is_file()  # where 'evaluate --split val' puts it
+    capsys.readouterr()
+    # a folder that holds neither: the error names both places looked at
+    (tmp_path / "nothing").mkdir()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "summary.json" in err[0] and "eval/test/summary.json" in err[0]

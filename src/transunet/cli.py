@@ -313,10 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("report", help="HTML + PNG report of a run (tables, curves, overlays, attention)")
-    s.add_argument("run", type=Path)
-    s.add_argument("--data", type=Path, default=None)
-    s.add_argument("--split", default="test")
-    s.add_argument("--device", default=None)
+    s.add_argument("run", type=Path,
+                   help="run folder (reports RUN/eval/SPLIT into RUN/report/SPLIT), or any folder 'evaluate' "
+                        "wrote (RUN/eval/SPLIT, an --out DIR: reported into DIR/report)")
+    s.add_argument("--data", type=Path, default=None,
+                   help="prepared dataset for the overlays (default: the evaluation's, then the run's)")
+    s.add_argument("--split", default="test", help="evaluated split of a run folder (default: %(default)s)")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("compare", help="train/evaluate several models under one protocol: table, tests, report")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -220,7 +221,10 @@ def make_report(
     """Write the HTML report of an evaluated run and return the path of ``index.html``.
 
     Args:
-        run: Run folder (or a checkpoint inside ``RUN/checkpoints/``).
+        run: Run folder (or a checkpoint inside ``RUN/checkpoints/``), or any folder
+            ``transunet evaluate`` wrote (``RUN/eval/SPLIT``, an ``--out`` folder: its
+            ``summary.json`` is reported into its ``report/``, or ``RUN/report/SPLIT`` for the
+            run's own evaluation folders).
         data: Prepared dataset used for the overlays and attention maps (default: the summary's
             ``data_root``, then the run config's ``data.root``).
         split: Evaluated split whose ``RUN/eval/SPLIT/summary.json`` is reported.
@@ -234,11 +238,10 @@ def make_report(
     Returns:
         Path of the written ``index.html``.
     """
-    root = resolve_run(run)
+    root, summary_path, default_out = _locate(run, split, summary)
     paths = RunPaths(root)
-    summary_path = Path(summary) if summary is not None else paths.eval_summary(split)
     summ = tables.load_summary(summary_path)
-    out = Path(out_dir) if out_dir is not None else paths.report_dir(str(summ.get("split") or split))
+    out = Path(out_dir) if out_dir is not None else default_out or paths.report_dir(str(summ.get("split") or split))
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # figures of a previous report (case names may differ)
         old.unlink()
@@ -390,6 +393,37 @@ def make_report(
     steps.close()
     log.info("report written to %s", index)
     return index
+
+
+def _locate(run: str | Path, split: str, summary: str | Path | None) -> tuple[Path, Path, Path | None]:
+    """``(run folder, summary.json, default output folder or None)`` of what ``run`` names.
+
+    ``run`` is a run folder (its ``eval/SPLIT/summary.json``), a checkpoint inside one, or any
+    folder ``transunet evaluate`` wrote (``RUN/eval/SPLIT`` or an ``--out`` folder: it holds
+    ``summary.json``; its run is the one of the checkpoint the summary names).
+    """
+    path = Path(run)
+    if summary is None and path.is_dir() and (path / "summary.json").is_file():
+        summary_path = path / "summary.json"
+        try:
+            ckpt = json.loads(summary_path.read_text()).get("checkpoint")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            ckpt = None
+        root = run_folder_of(ckpt) if ckpt and Path(ckpt).is_file() else path
+        split_of = path.name if path.parent.name == "eval" else None
+        if split_of and path.parent.parent.resolve() == root.resolve():
+            return root, summary_path, RunPaths(root).report_dir(split_of)  # the run's own evaluation
+        return root, summary_path, path / "report"
+    root = resolve_run(run)
+    paths = RunPaths(root)
+    if summary is not None:
+        return root, Path(summary), None
+    summary_path = paths.eval_summary(split)
+    if not summary_path.is_file() and not paths.checkpoints.is_dir() and not paths.config.is_file():
+        raise DataError(f"{root} is neither a run folder (no {summary_path.relative_to(root)}, checkpoints/ or "
+                        "config.yaml) nor an evaluation folder (no summary.json); pass a run folder or a folder "
+                        "written by 'transunet evaluate' (e.g. its --out DIR).")
+    return root, summary_path, None
 
 
 def _run_config(paths: RunPaths, ckpt: dict[str, Any] | None) -> Any:
