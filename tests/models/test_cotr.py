@@ -270,6 +270,8 @@ def test_3d_file_on_a_2d_model_names_the_cause() -> None:
             r"multiples of \(8, 16, 16\).*closest valid size is \(16, 32, 32\)",
         ),
         ({"spatial_dims": 1}, "spatial_dims=1 is invalid for CoTr"),
+        ({"img_size": 16}, r"single position.*closest valid size is \(16, 32\)"),
+        ({"img_size": (8, 16, 16), "spatial_dims": 3}, r"closest valid size is \(8, 16, 32\)"),
         ({"num_heads": 5}, "num_heads=5 is invalid for CoTr: it must divide d_model=384; closest valid: 4"),
         ({"d_model": 90, "num_heads": 2}, "d_model=90 is invalid for CoTr.*multiple of 4.*closest valid: 88"),
         ({"norm": "IN"}, "norm='IN' is invalid for CoTr"),

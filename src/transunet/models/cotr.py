@@ -431,7 +431,8 @@ class CoTr(SegmentationModel):
     Args:
         num_classes: Output classes including background.
         in_channels: Input channels (native; the official model has 1).
-        img_size: ``(H, W)`` or ``(D, H, W)``; any multiple of 16 (``(8, 16, 16)`` in 3D) works.
+        img_size: ``(H, W)`` or ``(D, H, W)``; any multiple of 16 (``(8, 16, 16)`` in 3D) works whose
+            stride-16 map has more than one position (16 x 16 does not: instance norm needs two).
         spatial_dims: 2 (slices, trainable here) or 3 (the official volumes).
         channels: Backbone widths at in-plane strides 2 and 4 (strides 8, 16 are ``d_model``).
         blocks: Residual blocks of backbone layers 1-3.
@@ -521,6 +522,14 @@ class CoTr(SegmentationModel):
                 if m.weight is not None:
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+
+    def check_input_size(
+        self, size: int | Sequence[int], batch_shape: tuple[int, ...] | None = None
+    ) -> tuple[int, ...]:
+        """Multiples of 16 (3D: 8, 16, 16) whose deepest map (stride 16) holds more than one position."""
+        dims = super().check_input_size(size, batch_shape)
+        check_deepest_map(self.model_name, dims, self.spatial_dims, "input size")
+        return dims
 
     def segment(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segment.
@@ -613,6 +622,18 @@ COTR_ARGS: dict[str, Any] = {
 }
 
 
+def check_deepest_map(model: str, dims: Sequence[int], spatial_dims: int, what: str) -> None:
+    """Refuse sizes whose stride-16 map is one position: instance norm cannot normalise it in training
+    (the official model has the same limit); the closest valid size doubles the width."""
+    strides = (8, 16, 16) if spatial_dims == 3 else (16, 16)
+    if math.prod(d // s for d, s in zip(dims, strides)) == 1:
+        closest = (*dims[:-1], 2 * dims[-1])
+        raise ValueError(
+            f"{what}={tuple(dims)} is invalid for {model}: the stride-16 map would be a single position, which "
+            f"instance norm cannot normalise in training; the closest valid size is {closest}."
+        )
+
+
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(
@@ -665,6 +686,7 @@ def cotr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
     except ValueError as e:
         raise ValueError(f"{e} ({name})") from None
     size = check_img_size(name, size, (8, 16, 16) if sd == 3 else 16, spatial_dims=sd)
+    check_deepest_map(name, size, sd, "img_size")
     a["channels"] = _int_list("channels", a["channels"], 2, COTR_ARGS["channels"])
     a["blocks"] = _int_list("blocks", a["blocks"], 3, COTR_ARGS["blocks"])
     for k in ("d_model", "num_heads", "num_layers", "num_points", "dim_feedforward"):
