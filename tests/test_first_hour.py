@@ -245,3 +245,39 @@ def test_report_rebuilds_any_folder_evaluate_writes(prepared, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "summary.json" in err[0] and "eval/test/summary.json" in err[0]
+
+
+# ----------------------------------------------------------------------------- defect 6
+
+
+def test_training_logs_through_tqdm_and_into_train_log(tmp_path, capsys):
+    import logging
+    import sys
+
+    from test_train import make_dataset, tiny_cfg
+
+    from transunet.train import train
+
+    data = make_dataset(tmp_path / "tiny")
+    cfg = tiny_cfg(data, tmp_path / "runs", "logged")
+    console = logging.StreamHandler(sys.stderr)  # what 'transunet' (logging.basicConfig) installs
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    try:
+        run = train(cfg, stop_after_epochs=1)
+        err = capsys.readouterr().err
+        lines = [seg.split("\r")[-1] for seg in err.split("\n") if "epoch 1/2 |" in seg]
+        assert lines and all(line.startswith("INFO transunet") for line in lines), lines  # not inside the bar
+        log_file = run / "train.log"
+        first = log_file.read_text()
+        assert "epoch 1/2 |" in first and "training" in first
+        train(cfg, resume=True)
+        text = log_file.read_text()
+        assert text.startswith(first)  # appended on resume
+        assert "resumed" in text and "epoch 2/2 |" in text
+    finally:
+        root.removeHandler(console)
+        root.setLevel(old_level)

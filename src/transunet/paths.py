@@ -7,6 +7,7 @@ Training, evaluation, reporting and prediction all find their files through :fun
       checkpoints/last.pt    written every epoch (atomically)
       checkpoints/best.pt    best validation mean foreground Dice
       metrics.csv            one row per epoch
+      train.log              the training log (appended on resume)
       progress.png           training curves, redrawn every epoch
       tensorboard/           TensorBoard events (when tensorboard is installed)
       eval/<split>/          summary.json, metrics.csv, table.md, predictions/
@@ -50,6 +51,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.csv"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train.log"
 
     @property
     def progress_png(self) -> Path:

@@ -29,6 +29,7 @@ number of processes), with or without DataLoader workers.
 from __future__ import annotations
 
 import logging
+import sys
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from transunet.checkpoint import load_checkpoint, save_checkpoint, strip_prefixes
 from transunet.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
@@ -703,14 +705,42 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
     info = init_distributed(device)
     pkg_log = logging.getLogger("transunet")
     level = pkg_log.level
+    file_handler: logging.Handler | None = None
     if not info.is_main:  # one voice: other ranks only report warnings and errors
         pkg_log.setLevel(logging.WARNING)
+    else:
+        # RUN/train.log (appended on resume): everything the package logs during this run.
+        file_handler = _RunLogHandler(run_paths(cfg).train_log)
+        pkg_log.addHandler(file_handler)
+        if pkg_log.getEffectiveLevel() > logging.INFO:
+            pkg_log.setLevel(logging.INFO)
     try:
-        return Trainer(cfg, info, resume=resume).fit(stop_after_epochs)
+        # Console log lines go through tqdm.write, above the progress bar instead of into it.
+        consoles = [lg for lg in (logging.getLogger(), pkg_log)
+                    if any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)
+                           for h in lg.handlers)]
+        with logging_redirect_tqdm(loggers=consoles or [logging.getLogger()]):
+            return Trainer(cfg, info, resume=resume).fit(stop_after_epochs)
     finally:
         pkg_log.setLevel(level)
+        if file_handler is not None:
+            pkg_log.removeHandler(file_handler)
+            file_handler.close()
         if owns_group:
             cleanup_distributed()
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``RUN/train.log``: opened (and its folder created) at the first record, appended to."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                            "%Y-%m-%d %H:%M:%S"))
+
+    def _open(self):  # noqa: ANN202 - logging.FileHandler's own signature
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
 
 __all__ = [
