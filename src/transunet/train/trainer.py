@@ -29,8 +29,8 @@ number of processes), with or without DataLoader workers.
 from __future__ import annotations
 
 import logging
-import sys
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
