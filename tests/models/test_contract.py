@@ -39,6 +39,8 @@ TINY: dict[str, tuple[dict[str, Any], list[tuple[int, int]]]] = {
                    "drop_path_rate": 0.0}, [(64, 64), (64, 128)]),
     "UNETR": ({"feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4},
               [(32, 32), (32, 48)]),
+    "CoTr": ({"channels": (8, 16), "blocks": (1, 1, 1), "d_model": 24, "num_heads": 2, "num_layers": 1,
+              "num_points": 2, "dim_feedforward": 32}, [(32, 32), (32, 48)]),
     "R50-UNet": (dict(_R50), [(32, 32), (32, 48)]),
     "R50-AttnUNet": (dict(_R50), [(32, 32), (32, 48)]),
 }

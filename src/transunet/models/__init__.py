@@ -8,6 +8,7 @@ conversion); one file per architecture, read top to bottom.
 # Importing each architecture file registers its entry points.
 from transunet.models import (  # noqa: F401
     attention_unet,
+    cotr,
     r50_unet,
     swin_unet,
     transunet,
