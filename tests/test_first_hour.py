@@ -281,3 +281,22 @@ def test_training_logs_through_tqdm_and_into_train_log(tmp_path, capsys):
     finally:
         root.removeHandler(console)
         root.setLevel(old_level)
+
+
+# ----------------------------------------------------------------------------- defect 10
+
+
+def test_yaml_errors_keep_line_and_column_and_typos_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  lr: 0.01\n  epochs: [1, 2\nmodel:\n  name: TransUNet-Tiny\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert "line 5" in err[0] and "column" in err[0]  # where PyYAML found the problem
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: x\ntrain:\n  lr: 0.01\n  epohcs: 3\n")
+    assert main(["train", str(typo)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(typo) in err[0] and "train.epohcs" in err[0] and "epochs" in err[0]
+    assert "line 4" in err[0]

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -408,16 +409,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             path = packaged_config(path)
+        text = path.read_text()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_error_text(e)}; fix the file.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must contain a mapping at the top level.")
         if "checkpoint_format" in data:  # a config embedded in a checkpoint dump
             data = data["config"]
-    cfg = from_dict(ExperimentConfig, data)
+        try:
+            cfg = from_dict(ExperimentConfig, data)
+        except ConfigError as e:  # name the file (and the line of the key) the problem is in
+            key = re.search(r"config key '([\w.]+)'", str(e)) or re.match(r"([\w.]+)[ =]", str(e))
+            where = _key_line(text, key.group(1) if key else "")
+            raise ConfigError(f"{path}{where}: {e}") from None
+    else:
+        cfg = from_dict(ExperimentConfig, data)
     return apply_overrides(cfg, overrides or [])
+
+
+def yaml_error_text(e: Exception) -> str:
+    """PyYAML's error as one line with its position: ``line L, column C: problem (context)``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    ctx_mark = getattr(e, "context_mark", None)
+    ctx = ""
+    if context:
+        ctx = f" ({context}" + (f" started at line {ctx_mark.line + 1}, column {ctx_mark.column + 1}"
+                                if ctx_mark is not None else "") + ")"
+    return f"{where}{problem}{ctx}"
+
+
+def _key_line(text: str, dotted: str) -> str:
+    """``", line N"`` of the (last part of the) dotted key in the YAML text, or ``""``."""
+    if not dotted:
+        return ""
+    name = dotted.split(".")[-1]
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(name)}\s*:", line):
+            return f", line {i}"
+    return ""
 
 
 #: Short names of the configs shipped inside the package (``transunet train synapse``).
