@@ -300,3 +300,63 @@ def test_yaml_errors_keep_line_and_column_and_typos_name_the_file(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(typo) in err[0] and "train.epohcs" in err[0] and "epochs" in err[0]
     assert "line 4" in err[0]
+
+
+# ----------------------------------------------------------------------------- defect 9
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_options_are_discoverable(tmp_path, capsys):
+    import argparse
+
+    from transunet.cli import build_parser
+
+    # every option of every command explains itself
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        if name == "compare":  # another issue's command
+            continue
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help text"
+    text = _help(capsys, "phantom")
+    assert "(default: 30)" in text and "(default: btcv)" in text
+    assert "(default: test)" in _help(capsys, "report")
+    assert "(default: transunet_demo)" in _help(capsys, "demo")
+    text = _help(capsys, "profile")
+    assert "--img-size H [W]" in text and "[H [W] ...]" not in text
+    text = _help(capsys, "train")
+    for name in ("synapse", "acdc", "demo"):
+        assert name in text
+    assert "--print-config" in text and "--list-keys" in text
+
+    # the resolved config, without training
+    out = tmp_path / "runs"
+    assert main(["train", "demo", "--set", "train.lr=0.003", "--set", f"output_dir={out}", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    import yaml
+
+    cfg = yaml.safe_load(text)
+    assert cfg["train"]["lr"] == 0.003 and cfg["model"]["name"]
+    assert not out.exists()
+    # the valid keys with their types and defaults
+    assert main(["train", "--list-keys"]) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.split() and ln.split()[0] == "train.lr")
+    assert "float" in line and "0.01" in line
+    assert any(ln.split() and ln.split()[0] == "model.img_size" for ln in text.splitlines())
+    assert main(["train"]) == 2  # a config is still required to train
+    assert "CONFIG" in capsys.readouterr().err
+
+    # a pattern that matches nothing says so
+    assert main(["list-models", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no registered model matches 'tiny'")
+    assert "TransUNet-Tiny" in err[0]

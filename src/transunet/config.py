@@ -481,6 +481,49 @@ def packaged_config(name: str | Path) -> Path:
     )
 
 
+def packaged_config_names() -> list[str]:
+    """Names accepted by :func:`packaged_config`: the short names, then every shipped file stem."""
+    folder = Path(__file__).parent / "configs"
+    return [*PACKAGED_CONFIGS, *sorted(p.stem for p in folder.glob("*.yaml"))]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = typing.get_args(tp)
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def config_keys(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """Every valid config key with its type and default: ``[("train.lr", "float", 0.01), ...]``.
+
+    Args:
+        cls: Config dataclass to describe (default :class:`ExperimentConfig`).
+        prefix: Dotted prefix of its keys.
+    """
+    cls = cls or ExperimentConfig
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, str, Any]] = []
+    for f in fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_keys(tp, f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out.append((prefix + f.name, _type_name(tp), to_dict(default) if dataclasses.is_dataclass(default)
+                    else default))
+    return out
+
+
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Rebuild an :class:`ExperimentConfig` from :func:`to_dict` output (e.g. from a checkpoint)."""
     return from_dict(ExperimentConfig, data)
