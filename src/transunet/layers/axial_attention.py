@@ -96,14 +96,24 @@ class AxialAttention(RecordsAttention):
         axis: The attended axis (recorded maps are described by it).
     """
 
-    def __init__(self, in_planes: int, out_planes: int, groups: int = 8, kernel_size: int = 56,
-                 stride: int = 1, axis: str = "height", variant: str = "gated") -> None:
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        groups: int = 8,
+        kernel_size: int = 56,
+        stride: int = 1,
+        axis: str = "height",
+        variant: str = "gated",
+    ) -> None:
         super().__init__()
         self.axis = check_choice("axis", axis, AXIAL_AXES)
         self.variant = check_choice("variant", variant, AXIAL_VARIANTS)
         if out_planes % (2 * groups) != 0:
-            raise ValueError(f"out_planes={out_planes} must be divisible by 2 * groups = {2 * groups} (each head "
-                             f"splits its channels into q, k and v); choose groups dividing {out_planes // 2}.")
+            raise ValueError(
+                f"out_planes={out_planes} must be divisible by 2 * groups = {2 * groups} (each head "
+                f"splits its channels into q, k and v); choose groups dividing {out_planes // 2}."
+            )
         self.in_planes = in_planes
         self.out_planes = out_planes
         self.groups = groups
@@ -133,8 +143,10 @@ class AxialAttention(RecordsAttention):
             nn.init.normal_(self.relative, 0.0, math.sqrt(1.0 / self.group_planes))
 
     def extra_repr(self) -> str:
-        return (f"{self.in_planes}, {self.out_planes}, groups={self.groups}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, axis={self.axis!r}, variant={self.variant!r}")
+        return (
+            f"{self.in_planes}, {self.out_planes}, groups={self.groups}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, axis={self.axis!r}, variant={self.variant!r}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend along :attr:`axis`.
@@ -155,18 +167,23 @@ class AxialAttention(RecordsAttention):
             seq = x.permute(0, 2, 1, 3)  # (B, H, C, W): every row is a sequence
         M, L = seq.shape[1], seq.shape[3]
         if self.positional and L != self.kernel_size:
-            raise ValueError(f"{self.axis} attention was built for length {self.kernel_size} but got {L} "
-                             f"(input {tuple(x.shape)}); rebuild the model for this input size.")
+            raise ValueError(
+                f"{self.axis} attention was built for length {self.kernel_size} but got {L} "
+                f"(input {tuple(x.shape)}); rebuild the model for this input size."
+            )
         G, gp = self.groups, self.group_planes
         seq = seq.reshape(B * M, C, L)  # (BM, C, L)
         qkv = self.bn_qkv(self.qkv_transform(seq)).reshape(B * M, G, 2 * gp, L)  # (BM, G, 2gp, L)
         q, k, v = torch.split(qkv, [gp // 2, gp // 2, gp], dim=2)  # (BM, G, gp/2 | gp/2 | gp, L)
         qk = torch.einsum("bgci,bgcj->bgij", q, k)  # (BM, G, L, L)
         if self.positional:
-            emb = self.relative[:, self.flatten_index].view(2 * gp, L, L)  # (2gp, L, L): [c, i, j]
-            q_emb, k_emb, v_emb = torch.split(emb, [gp // 2, gp // 2, gp], dim=0)
-            qr = torch.einsum("bgci,cij->bgij", q, q_emb)  # (BM, G, L, L)
-            kr = torch.einsum("bgcj,cji->bgij", k, k_emb)  # (BM, G, L, L): transposed embedding
+            rel_q, rel_k, rel_v = torch.split(self.relative, [gp // 2, gp // 2, gp], dim=0)  # (c, 2L - 1)
+            # qr[i, j] = sum_c q[c, i] rel_q[c, i - j + L - 1]: project onto every offset, then pick
+            # (a (L, 2L - 1) matmul + gather; einsum with the (c, L, L) table batches tiny matmuls over i)
+            index = self.flatten_index.view(L, L).expand(B * M, G, L, L)  # [.., i, j] = i - j + L - 1
+            qr = torch.matmul(q.transpose(2, 3), rel_q).gather(3, index)  # (BM, G, L, L)
+            # kr[i, j] = sum_c k[c, j] rel_k[c, j - i + L - 1] (the official transposed embedding)
+            kr = torch.matmul(k.transpose(2, 3), rel_k).gather(3, index).transpose(2, 3)  # (BM, G, L, L)
             if self.gated:
                 qr = qr * self.f_qr
                 kr = kr * self.f_kr
@@ -179,6 +196,7 @@ class AxialAttention(RecordsAttention):
             self.record(attn.view(B, M, G, L, L).transpose(1, 2))  # (B, G, M, L, L)
         sv = torch.einsum("bgij,bgcj->bgci", attn, v)  # (BM, G, gp, L)
         if self.positional:
+            v_emb = rel_v[:, self.flatten_index].view(gp, L, L)  # (gp, L, L): [c, i, j]
             sve = torch.einsum("bgij,cij->bgci", attn, v_emb)  # (BM, G, gp, L)
             if self.gated:
                 sv = sv * self.f_sv

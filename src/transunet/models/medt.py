@@ -131,15 +131,25 @@ class AxialBlock(nn.Module):
 
     expansion = 2
 
-    def __init__(self, inplanes: int, planes: int, kernel_size: tuple[int, int], stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 8, variant: str = "gated") -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        kernel_size: tuple[int, int],
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 8,
+        variant: str = "gated",
+    ) -> None:
         super().__init__()
         self.conv_down = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.hight_block = AxialAttention(planes, planes, groups=groups, kernel_size=kernel_size[0],
-                                          axis="height", variant=variant)  # official spelling
-        self.width_block = AxialAttention(planes, planes, groups=groups, kernel_size=kernel_size[1],
-                                          stride=stride, axis="width", variant=variant)
+        self.hight_block = AxialAttention(
+            planes, planes, groups=groups, kernel_size=kernel_size[0], axis="height", variant=variant
+        )  # official spelling
+        self.width_block = AxialAttention(
+            planes, planes, groups=groups, kernel_size=kernel_size[1], stride=stride, axis="width", variant=variant
+        )
         self.conv_up = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
@@ -154,8 +164,9 @@ class AxialBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def make_layer(inplanes: int, planes: int, blocks: int, kernel_size: tuple[int, int], stride: int,
-               groups: int, variant: str) -> nn.Sequential:
+def make_layer(
+    inplanes: int, planes: int, blocks: int, kernel_size: tuple[int, int], stride: int, groups: int, variant: str
+) -> nn.Sequential:
     """A stage of ``blocks`` axial blocks (official ``_make_layer``).
 
     The first block takes the stage input (attended lengths ``kernel_size``, ``stride``, and a
@@ -209,8 +220,11 @@ class _AxialNet(SegmentationModel):
             planes = int(128 * self.s) * 2**i
             stride = 1 if i == 0 else 2
             kernel = (H >> max(i - 1, 0), W >> max(i - 1, 0))  # the stage's input side
-            setattr(self, f"layer{i + 1}{suffix}",
-                    make_layer(inplanes, planes, self.layers[i], kernel, stride, self.groups, variant))
+            setattr(
+                self,
+                f"layer{i + 1}{suffix}",
+                make_layer(inplanes, planes, self.layers[i], kernel, stride, self.groups, variant),
+            )
             inplanes = planes * AxialBlock.expansion
         return inplanes
 
@@ -220,11 +234,15 @@ class _AxialNet(SegmentationModel):
     def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
         """Relative-position tables of another size name the ``img_size``; other widths ``s``/``groups``."""
         if key.endswith((".relative", ".flatten_index")):
+
             def length(shape: tuple[int, ...]) -> int:
                 return (shape[-1] + 1) // 2 if key.endswith(".relative") else round(shape[0] ** 0.5)
-            return (f"the file attends over {length(file_shape)} positions there, this model over "
-                    f"{length(model_shape)}: the file was made for another img_size (or another "
-                    "s/groups); rebuild the model with the file's img_size")
+
+            return (
+                f"the file attends over {length(file_shape)} positions there, this model over "
+                f"{length(model_shape)}: the file was made for another img_size (or another "
+                "s/groups); rebuild the model with the file's img_size"
+            )
         return f"the file was made with other widths (s={self.s}, groups={self.groups} here)"
 
     def explain_keys(self, keys: Sequence[str]) -> str | None:
@@ -251,11 +269,19 @@ class AxialAttentionUNet(_AxialNet):
         layers: Blocks per stage (official ``[1, 2, 4, 1]``).
     """
 
-    def __init__(self, num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                 attention: str = "gated", s: float = 0.125, groups: int = 8,
-                 layers: Sequence[int] = (1, 2, 4, 1)) -> None:
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=SIZE_MULTIPLE)
+    def __init__(
+        self,
+        num_classes: int = 9,
+        in_channels: int = 1,
+        img_size: int | Sequence[int] = 224,
+        attention: str = "gated",
+        s: float = 0.125,
+        groups: int = 8,
+        layers: Sequence[int] = (1, 2, 4, 1),
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, in_channels=in_channels, img_size=img_size, size_multiple=SIZE_MULTIPLE
+        )
         self.s, self.groups, self.layers = s, groups, tuple(layers)
         H, W = self.img_size
         width = int(64 * s)
@@ -320,12 +346,26 @@ class MedT(_AxialNet):
         local_attention: Axial variant of the local branch (official ``plain``).
     """
 
-    def __init__(self, num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                 s: float = 0.125, groups: int = 8, layers: Sequence[int] = (1, 2, 4, 1), patch_size: int = 32,
-                 local_mode: str = "tile", patch_batch: bool = True, global_attention: str = "gated",
-                 local_attention: str = "plain") -> None:
-        super().__init__(num_classes=num_classes, in_channels=in_channels, img_size=img_size,
-                         size_multiple=patch_size if local_mode == "tile" else SIZE_MULTIPLE)
+    def __init__(
+        self,
+        num_classes: int = 9,
+        in_channels: int = 1,
+        img_size: int | Sequence[int] = 224,
+        s: float = 0.125,
+        groups: int = 8,
+        layers: Sequence[int] = (1, 2, 4, 1),
+        patch_size: int = 32,
+        local_mode: str = "tile",
+        patch_batch: bool = True,
+        global_attention: str = "gated",
+        local_attention: str = "plain",
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            img_size=img_size,
+            size_multiple=patch_size if local_mode == "tile" else SIZE_MULTIPLE,
+        )
         self.s, self.groups, self.layers = s, groups, tuple(layers)
         self.patch_size, self.local_mode, self.patch_batch = patch_size, local_mode, patch_batch
         H, W = self.img_size
@@ -386,8 +426,16 @@ class MedT(_AxialNet):
             out = self._local_net(patches.reshape(B * rows * cols, C, P, P))  # (B r c, D, P, P)
             out = out.view(B, rows, cols, -1, P, P)
         else:  # official order: patch (i, j) of the whole batch at a time
-            out = torch.stack([torch.stack([self._local_net(region[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P])
-                                            for j in range(cols)], dim=1) for i in range(rows)], dim=1)
+            out = torch.stack(
+                [
+                    torch.stack(
+                        [self._local_net(region[:, :, i * P : (i + 1) * P, j * P : (j + 1) * P]) for j in range(cols)],
+                        dim=1,
+                    )
+                    for i in range(rows)
+                ],
+                dim=1,
+            )
         D = out.shape[3]
         tiled = out.permute(0, 3, 1, 4, 2, 5).reshape(B, D, rows * P, cols * P)  # (B, D, rP, cP)
         if tiled.shape[2:] == global_map.shape[2:]:
@@ -430,8 +478,10 @@ class MedT(_AxialNet):
             CheckpointError: ``.npz`` files.
         """
         if weights.kind == "npz":
-            raise CheckpointError(f"{weights.source} is a Google ViT .npz, which {self.model_name} cannot use; "
-                                  "pass a Medical-Transformer state dict or a transunet checkpoint.")
+            raise CheckpointError(
+                f"{weights.source} is a Google ViT .npz, which {self.model_name} cannot use; "
+                "pass a Medical-Transformer state dict or a transunet checkpoint."
+            )
         unused = re.compile(r"^(layer\d+_p\.\d+\.conv1\.|adjust_p\.)")
         sd = {k: v for k, v in strip_prefixes(weights.tensors).items() if not unused.match(k)}
         return ConvertedWeights(sd, [])
@@ -458,47 +508,69 @@ def _check_widths(name: str, a: dict[str, Any]) -> tuple[float, int, tuple[int, 
     s = a["s"]
     if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 or not float(64 * s).is_integer():
         closest = max(1, round(64 * s)) / 64 if isinstance(s, (int, float)) and not isinstance(s, bool) else 0.125
-        raise ValueError(f"s={s!r} is invalid for {name}: 64 * s must be a positive integer (the stem width); "
-                         f"closest valid: {closest}.")
+        raise ValueError(
+            f"s={s!r} is invalid for {name}: 64 * s must be a positive integer (the stem width); "
+            f"closest valid: {closest}."
+        )
     groups = check_int(name, "groups", a["groups"])
     narrowest = int(128 * s)  # layer1's attention width; each head splits it into q/k/v
     if narrowest % (2 * groups) != 0:
         valid = [g for g in range(1, narrowest // 2 + 1) if narrowest % (2 * g) == 0] or [1]
         closest = min(valid, key=lambda g: abs(g - groups))
-        raise ValueError(f"groups={groups} is invalid for {name} with s={s}: the narrowest attention width "
-                         f"128 * s = {narrowest} must be divisible by 2 * groups; closest valid: {closest}.")
+        raise ValueError(
+            f"groups={groups} is invalid for {name} with s={s}: the narrowest attention width "
+            f"128 * s = {narrowest} must be divisible by 2 * groups; closest valid: {closest}."
+        )
     layers = a["layers"]
     if not isinstance(layers, (list, tuple)) or len(layers) != 4:
-        raise ValueError(f"layers={layers!r} is invalid for {name}: give 4 block counts (one per stage), "
-                         "e.g. [1, 2, 4, 1].")
+        raise ValueError(
+            f"layers={layers!r} is invalid for {name}: give 4 block counts (one per stage), e.g. [1, 2, 4, 1]."
+        )
     return float(s), groups, tuple(check_int(name, "layers", v) for v in layers)
 
 
 def _check_choice(name: str, arg: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"{arg}={value!r} is invalid for {name}: choose one of {', '.join(map(repr, choices))}."
-                         + did_you_mean(str(value), choices))
+        raise ValueError(
+            f"{arg}={value!r} is invalid for {name}: choose one of {', '.join(map(repr, choices))}."
+            + did_you_mean(str(value), choices)
+        )
     return str(value)
 
 
-def _build_unet(name: str, attention: str, num_classes: int, in_channels: int, img_size: int | Sequence[int],
-                args: dict[str, Any]) -> AxialAttentionUNet:
+def _build_unet(
+    name: str, attention: str, num_classes: int, in_channels: int, img_size: int | Sequence[int], args: dict[str, Any]
+) -> AxialAttentionUNet:
     check_args(name, args, list(AXIAL_UNET_ARGS))
     a = {**AXIAL_UNET_ARGS, **args}
     num_classes = check_int(name, "num_classes", num_classes)
     in_channels = check_int(name, "in_channels", in_channels)
     s, groups, layers = _check_widths(name, a)
     size = check_img_size(name, img_size, SIZE_MULTIPLE)
-    model = AxialAttentionUNet(num_classes=num_classes, in_channels=in_channels, img_size=size,
-                               attention=attention, s=s, groups=groups, layers=layers)
-    model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": size,
-                          "s": s, "groups": groups, "layers": layers}
+    model = AxialAttentionUNet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        img_size=size,
+        attention=attention,
+        s=s,
+        groups=groups,
+        layers=layers,
+    )
+    model.model_kwargs = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "img_size": size,
+        "s": s,
+        "groups": groups,
+        "layers": layers,
+    }
     return model
 
 
 @register_model(name="GatedAxialUNet")
-def gated_axial_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-                     **args: Any) -> AxialAttentionUNet:
+def gated_axial_unet(
+    num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **args: Any
+) -> AxialAttentionUNet:
     """Gated axial-attention U-Net (official ``gated``; MedT paper's ablation); 1.33 M params.
 
     Args:
@@ -514,8 +586,9 @@ def gated_axial_unet(num_classes: int = 9, in_channels: int = 1, img_size: int |
 
 
 @register_model(name="AxialUNet")
-def axial_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224,
-               **args: Any) -> AxialAttentionUNet:
+def axial_unet(
+    num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **args: Any
+) -> AxialAttentionUNet:
     """Axial-attention U-Net without gates (official ``axialunet``; MedT paper's baseline).
 
     Args:
@@ -551,22 +624,45 @@ def medt(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
     s, groups, layers = _check_widths(name, a)
     patch = check_int(name, "patch_size", a["patch_size"], minimum=OFFICIAL_PATCH)
     if patch % OFFICIAL_PATCH:
-        raise ValueError(f"patch_size={patch} is invalid for {name}: the local network needs multiples of "
-                         f"{OFFICIAL_PATCH}; closest valid: {max(1, round(patch / OFFICIAL_PATCH)) * OFFICIAL_PATCH}.")
+        raise ValueError(
+            f"patch_size={patch} is invalid for {name}: the local network needs multiples of "
+            f"{OFFICIAL_PATCH}; closest valid: {max(1, round(patch / OFFICIAL_PATCH)) * OFFICIAL_PATCH}."
+        )
     mode = _check_choice(name, "local_mode", a["local_mode"], LOCAL_MODES)
     if not isinstance(a["patch_batch"], bool):
-        raise ValueError(f"patch_batch={a['patch_batch']!r} is invalid for {name}: it must be true or false; "
-                         "closest valid: true.")
+        raise ValueError(
+            f"patch_batch={a['patch_batch']!r} is invalid for {name}: it must be true or false; closest valid: true."
+        )
     glob = _check_choice(name, "global_attention", a["global_attention"], AXIAL_VARIANTS)
     loc = _check_choice(name, "local_attention", a["local_attention"], AXIAL_VARIANTS)
     if mode == "tile":
         size = check_img_size(name, img_size, patch)
     else:
         size = check_img_size(name, img_size, SIZE_MULTIPLE, minimum=OFFICIAL_GRID * patch)
-    model = MedT(num_classes=num_classes, in_channels=in_channels, img_size=size, s=s, groups=groups,
-                 layers=layers, patch_size=patch, local_mode=mode, patch_batch=a["patch_batch"],
-                 global_attention=glob, local_attention=loc)
-    model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": size, "s": s,
-                          "groups": groups, "layers": layers, "patch_size": patch, "local_mode": mode,
-                          "patch_batch": a["patch_batch"], "global_attention": glob, "local_attention": loc}
+    model = MedT(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        img_size=size,
+        s=s,
+        groups=groups,
+        layers=layers,
+        patch_size=patch,
+        local_mode=mode,
+        patch_batch=a["patch_batch"],
+        global_attention=glob,
+        local_attention=loc,
+    )
+    model.model_kwargs = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "img_size": size,
+        "s": s,
+        "groups": groups,
+        "layers": layers,
+        "patch_size": patch,
+        "local_mode": mode,
+        "patch_batch": a["patch_batch"],
+        "global_attention": glob,
+        "local_attention": loc,
+    }
     return model
