@@ -360,3 +360,38 @@ def test_options_are_discoverable(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no registered model matches 'tiny'")
     assert "TransUNet-Tiny" in err[0]
+
+
+# ----------------------------------------------------------------------------- defect 5
+
+
+def test_interrupted_demo_resumes_its_own_training(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from transunet import demo
+    from transunet.train import trainer as trainer_mod
+
+    tiny = ["model.img_size=[32,32]", "train.epochs=2", "train.iterations_per_epoch=2", "train.batch_size=4",
+            "train.val_every=1", "eval.bootstrap=20", "eval.batch_size=64"]
+    out = tmp_path / "demo"
+    original = trainer_mod.Trainer._log_epoch
+
+    def interrupt_after_first_epoch(self, record):
+        original(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_log_epoch", interrupt_after_first_epoch)
+    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, device="cpu", cases=4, val_cases=1, overrides=tiny)
+    assert "--resume" not in caplog.text  # the demo has no --resume: say what to do instead
+    assert "run the demo again" in caplog.text
+    run = out / "runs" / demo.demo_config(out).name
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_log_epoch", original)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        index = demo.run_demo(out, device="cpu", cases=4, val_cases=1, overrides=tiny)
+    assert index.is_file()
+    assert "resumed" in caplog.text and "epoch 1/2 |" not in caplog.text and "epoch 2/2 |" in caplog.text
+    assert json.loads((out / demo.MARKER).read_text())["finished"] is True

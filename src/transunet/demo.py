@@ -73,8 +73,15 @@ def _write_marker(out: Path, record: dict[str, Any]) -> None:
     atomic_write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
 
 
-def _claim(out: Path, overwrite: bool) -> None:
-    """Make ``out`` an empty demo folder, refusing to touch anything the demo did not create."""
+def _claim(out: Path, overwrite: bool, settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Make ``out`` a demo folder, refusing to touch anything the demo did not create.
+
+    An unfinished demo with the same settings is kept, so its training resumes; other settings
+    (or ``overwrite``) start it again from scratch.
+
+    Returns:
+        The unfinished demo's record when it is resumed, else ``None``.
+    """
     marker = _read_marker(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; choose a folder for the demo.")
@@ -90,12 +97,18 @@ def _claim(out: Path, overwrite: bool) -> None:
             "that report, pass --overwrite to run the demo again, or choose another --out."
         )
     else:
+        if not marker.get("finished") and not overwrite and settings is not None \
+                and marker.get("config") == settings:
+            log.info("%s holds an unfinished demo with the same settings; continuing it", out)
+            return marker
         if not marker.get("finished"):
-            log.info("%s holds an unfinished demo; starting it again", out)
+            why = "--overwrite given" if overwrite else "its settings differ"
+            log.info("%s holds an unfinished demo (%s); starting it again from scratch", out, why)
         for name in OWNED:
             if (out / name).exists():
                 shutil.rmtree(out / name)
     out.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def run_demo(
@@ -131,10 +144,12 @@ def run_demo(
 
     out = Path(out)
     cfg = demo_config(out, device, overrides)  # validate before touching the disk
-    _claim(out, overwrite)
     settings = {"cases": cases, "val_cases": val_cases, "seed": seed, "overrides": list(overrides),
                 "device": device}
+    earlier = _claim(out, overwrite, settings)
     record: dict[str, Any] = {"finished": False, "config": settings, "stages_s": {}}
+    if earlier is not None:
+        record["stages_s"] = dict(earlier.get("stages_s") or {})
     _write_marker(out, record)
     t_start = time.perf_counter()
 
@@ -142,18 +157,27 @@ def run_demo(
         log.info("demo [%d/4] %s", i, name)
         return time.perf_counter()
 
-    t = stage(1, f"generating a {cases}-case BTCV-layout phantom in {out / 'raw'}")
-    raw = generate_phantom(out / "raw", layout="btcv", cases=cases, seed=seed, size="small")
-    record["stages_s"]["phantom"] = round(time.perf_counter() - t, 2)
+    if "phantom" in record["stages_s"] and (out / "raw").is_dir():
+        raw = out / "raw"
+        log.info("demo [1/4] phantom already generated in %s", raw)
+    else:
+        t = stage(1, f"generating a {cases}-case BTCV-layout phantom in {out / 'raw'}")
+        raw = generate_phantom(out / "raw", layout="btcv", cases=cases, seed=seed, size="small",
+                               overwrite=(out / "raw").exists())
+        record["stages_s"]["phantom"] = round(time.perf_counter() - t, 2)
+        _write_marker(out, record)
 
     t = stage(2, f"preparing the Synapse dataset in {out / 'data'}")
-    data = prepare("synapse", raw, out / "data", val_cases=val_cases)
+    data = prepare("synapse", raw, out / "data", val_cases=val_cases)  # skips the cases already prepared
     record["stages_s"]["prepare"] = round(time.perf_counter() - t, 2)
     _write_marker(out, record)
 
-    t = stage(3, f"training {cfg.model.name} at {cfg.model.img_size[0]}x{cfg.model.img_size[1]} "
-                 f"into {run_paths(cfg).root}")
-    run = train(cfg)
+    resume = RunPaths(run_paths(cfg).root).last.is_file()
+    t = stage(3, f"{'continuing' if resume else 'training'} {cfg.model.name} at "
+                 f"{cfg.model.img_size[0]}x{cfg.model.img_size[1]} in {run_paths(cfg).root}")
+    run = train(cfg, resume=resume,
+                resume_hint=f"run the demo again ('transunet demo --out {out}', same options) to continue "
+                            "from there, or pass --overwrite to start over")
     record["stages_s"]["train"] = round(time.perf_counter() - t, 2)
     _write_marker(out, record)
 

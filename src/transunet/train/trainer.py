@@ -333,6 +333,8 @@ class Trainer:
         self.device = info.device
         self.paths = run_paths(cfg)
         self.resume = resume
+        #: How to continue after an interruption (logged).
+        self.resume_hint = "continue with --resume"
         self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
         self.dataset_info, self.class_names, self.val_cases = _dataset_facts(cfg)
         self.preprocessing = {
@@ -634,7 +636,7 @@ class Trainer:
                 barrier(info)
                 done_here += 1
                 if stop_after_epochs is not None and done_here >= stop_after_epochs and st.epoch < self.epochs:
-                    log.info("stopped after %d epoch(s) as requested; continue with --resume", done_here)
+                    log.info("stopped after %d epoch(s) as requested; %s", done_here, self.resume_hint)
                     break
             finished = st.epoch >= self.epochs
             if finished and info.is_main and ((not self.val_cases and done_here) or not self.paths.best.exists()):
@@ -642,8 +644,8 @@ class Trainer:
                 self._save(self.paths.best, full=False, selected_by="final_epoch", epoch=st.epoch)
             barrier(info)
         except KeyboardInterrupt:
-            log.warning("interrupted; %s holds the last completed epoch: continue with --resume",
-                        self.paths.last)
+            log.warning("interrupted; %s holds the last completed epoch: %s", self.paths.last,
+                        self.resume_hint)
             raise
         finally:
             pbar.close()
@@ -666,7 +668,7 @@ class Trainer:
 
 
 def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = False, *,
-          stop_after_epochs: int | None = None) -> Path:
+          stop_after_epochs: int | None = None, resume_hint: str | None = None) -> Path:
     """Train a model as ``cfg`` describes; return the run folder.
 
     Works in a plain process (CPU, one GPU or MPS) and under ``torchrun`` (DDP; only rank 0
@@ -681,6 +683,8 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
         stop_after_epochs: Stop after this many epochs of this call, as an interruption at an
             epoch boundary would (useful on clusters with time limits); continue later with
             ``resume=True``.
+        resume_hint: How to continue after an interruption, in the log (default: "continue with
+            --resume"; the demo, which resumes by itself, says so).
 
     Returns:
         The run folder (``cfg.output_dir / cfg.name``).
@@ -720,7 +724,10 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
                     if any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)
                            for h in lg.handlers)]
         with logging_redirect_tqdm(loggers=consoles or [logging.getLogger()]):
-            return Trainer(cfg, info, resume=resume).fit(stop_after_epochs)
+            trainer = Trainer(cfg, info, resume=resume)
+            if resume_hint:
+                trainer.resume_hint = resume_hint
+            return trainer.fit(stop_after_epochs)
     finally:
         pkg_log.setLevel(level)
         if file_handler is not None:
