@@ -395,3 +395,73 @@ def test_interrupted_demo_resumes_its_own_training(tmp_path, caplog, monkeypatch
     assert index.is_file()
     assert "resumed" in caplog.text and "epoch 1/2 |" not in caplog.text and "epoch 2/2 |" in caplog.text
     assert json.loads((out / demo.MARKER).read_text())["finished"] is True
+
+
+# ----------------------------------------------------------------------------- defect 1
+
+
+def test_thread_count_follows_free_cores_processes_and_explicit_choice(monkeypatch):
+    from transunet.utils import choose_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads(cores=2, busy=0.0, local_world_size=1)[0] == 2
+    assert choose_threads(cores=2, busy=1.0, local_world_size=1)[0] == 1  # one core already busy
+    assert choose_threads(cores=2, busy=5.0, local_world_size=1)[0] == 1  # never below 1
+    assert choose_threads(cores=16, busy=0.0, local_world_size=4)[0] == 4  # DDP: cores shared per process
+    assert choose_threads(cores=16, busy=8.0, local_world_size=4)[0] == 2
+    assert choose_threads(3, cores=2, busy=2.0, local_world_size=1)[0] == 3  # explicit always wins
+    n, why = choose_threads(cores=2, busy=1.0, local_world_size=1)
+    assert "2 core" in why and "busy" in why and "--threads" in why
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(cores=8, busy=7.0, local_world_size=1)[0] == 2  # the user's environment is explicit
+    assert choose_threads(1, cores=8, busy=0.0, local_world_size=1)[0] == 1
+
+
+def test_slow_steps_warn_with_the_fix(caplog):
+    import logging
+
+    from transunet.utils import ThreadMonitor
+
+    mon = ThreadMonitor(threads=2, min_seconds=1.0)
+    with caplog.at_level(logging.WARNING):
+        # 10 steps of 1 s wall time in which the process got 0.6 s of CPU over 2 threads: 30% of its cores
+        for i in range(10):
+            mon.step(wall=float(i), cpu=0.6 * i)
+    assert len([r for r in caplog.records if "threads" in r.getMessage()]) == 1
+    msg = caplog.records[-1].getMessage()
+    assert "--threads 1" in msg and "30%" in msg
+    caplog.clear()
+    ok = ThreadMonitor(threads=2, min_seconds=1.0)
+    with caplog.at_level(logging.WARNING):
+        for i in range(10):
+            ok.step(wall=float(i), cpu=1.9 * i)
+    assert not caplog.records
+
+
+def test_training_applies_and_logs_the_thread_choice_once(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from test_train import make_dataset, tiny_cfg
+
+    from transunet import utils
+    from transunet.train import train
+    from transunet.train import trainer as trainer_mod
+
+    seen = []
+    original = trainer_mod.Trainer._log_epoch
+    monkeypatch.setattr(trainer_mod.Trainer, "_log_epoch",
+                        lambda self, r: (seen.append(torch.get_num_threads()), original(self, r)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(utils, "_cores", lambda: 2)
+    monkeypatch.setattr(utils, "_busy_cores", lambda cores: 1.0)  # another process keeps one core busy
+    data = make_dataset(tmp_path / "tiny")
+    before = torch.get_num_threads()
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg(data, tmp_path / "runs", "auto", **{"train.epochs": 1}))
+    assert seen == [1]
+    assert len([r for r in caplog.records if "intra-op threads" in r.getMessage()]) == 1
+    assert torch.get_num_threads() == before  # restored for the caller
+    seen.clear()
+    assert main(["train", str(tmp_path / "runs" / "auto" / "config.yaml"), "--set", "name=explicit",
+                 "--threads", "2"]) == 0
+    assert seen == [2]

@@ -129,6 +129,8 @@ class TrainConfig:
         grad_clip: Max gradient norm (``None`` disables).
         log_every: Iterations between progress-bar updates of the loss.
         iterations_per_epoch: Cap the iterations of one epoch (``None``: one pass over the data).
+        threads: Intra-op CPU threads of each training process (``None``: chosen from the free
+            cores, see :func:`transunet.utils.choose_threads`).
     """
 
     batch_size: int = 24
@@ -154,6 +156,7 @@ class TrainConfig:
     grad_clip: Union[float, None] = None
     log_every: int = 10
     iterations_per_epoch: Union[int, None] = None
+    threads: Union[int, None] = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ def validate(cfg: ExperimentConfig) -> None:
             len(cfg.train.deep_supervision_weights) > 0 and min(cfg.train.deep_supervision_weights) >= 0
             and sum(cfg.train.deep_supervision_weights) > 0), "non-negative weights with a positive sum, or null"),
         ("data.num_workers", cfg.data.num_workers >= 0, ">= 0"),
+        ("train.threads", cfg.train.threads is None or cfg.train.threads >= 1, ">= 1 or null (automatic)"),
         ("eval.batch_size", cfg.eval.batch_size >= 1, ">= 1"),
         ("eval.bootstrap", cfg.eval.bootstrap >= 0, ">= 0"),
     ]

@@ -76,12 +76,13 @@ from transunet.train.tracking import (
     write_metrics_csv,
 )
 from transunet.train.validation import validate
-from transunet.utils import resolve_device
+from transunet.utils import ThreadMonitor, choose_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
 #: Config keys that may differ between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = ("name", "output_dir", "device", "data.root", "data.num_workers", "train.log_every")
+RESUMABLE_CHANGES = ("name", "output_dir", "device", "data.root", "data.num_workers", "train.log_every",
+                     "train.threads")
 _RESUMABLE_SECTIONS = ("eval",)
 
 
@@ -335,6 +336,9 @@ class Trainer:
         self.resume = resume
         #: How to continue after an interruption (logged).
         self.resume_hint = "continue with --resume"
+        #: Warns once when CPU steps are far slower than their threads should be (CPU training only).
+        self.thread_monitor = ThreadMonitor(torch.get_num_threads()) \
+            if self.device.type == "cpu" and info.is_main else None
         self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
         self.dataset_info, self.class_names, self.val_cases = _dataset_facts(cfg)
         self.preprocessing = {
@@ -551,6 +555,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.thread_monitor is not None:
+                self.thread_monitor.step()
             self.state.iteration += 1
             sums += terms.double()
             n += 1
@@ -707,6 +713,9 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
     _preflight(cfg, run_paths(cfg), resume, world)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
+    threads_before = torch.get_num_threads()
+    threads, why = choose_threads(cfg.train.threads)  # torchrun's LOCAL_WORLD_SIZE shares the cores
+    torch.set_num_threads(threads)
     pkg_log = logging.getLogger("transunet")
     level = pkg_log.level
     file_handler: logging.Handler | None = None
@@ -718,6 +727,7 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
         pkg_log.addHandler(file_handler)
         if pkg_log.getEffectiveLevel() > logging.INFO:
             pkg_log.setLevel(logging.INFO)
+    log.info("intra-op threads: %d (%s)", threads, why)
     try:
         # Console log lines go through tqdm.write, above the progress bar instead of into it.
         consoles = [lg for lg in (logging.getLogger(), pkg_log)
@@ -729,6 +739,7 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
                 trainer.resume_hint = resume_hint
             return trainer.fit(stop_after_epochs)
     finally:
+        torch.set_num_threads(threads_before)
         pkg_log.setLevel(level)
         if file_handler is not None:
             pkg_log.removeHandler(file_handler)
