@@ -197,8 +197,9 @@ def _preflight(cfg: ExperimentConfig, paths: RunPaths, resume: bool, world_size:
         )
     if cfg.model.pretrained and not resume and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(
-            f"model.pretrained={cfg.model.pretrained!r} does not exist; download the Google ViT "
-            "weights (see the README, 'Pretrained weights') or set model.pretrained=null."
+            f"model.pretrained={cfg.model.pretrained!r} does not exist; download the weights the config "
+            "names (see the README, section 'Weights', and the comment in the config) or set "
+            "model.pretrained=null."
         )
     check_model_config(cfg)
 
