@@ -465,3 +465,33 @@ def test_training_applies_and_logs_the_thread_choice_once(tmp_path, caplog, monk
     assert main(["train", str(tmp_path / "runs" / "auto" / "config.yaml"), "--set", "name=explicit",
                  "--threads", "2"]) == 0
     assert seen == [2]
+
+
+# ----------------------------------------------------------------------------- also found: unsafe vs corrupt files
+
+
+def test_corrupt_and_unsafe_checkpoints_get_their_own_messages(tmp_path, recwarn):
+    import pickle
+
+    from transunet.errors import CheckpointError
+    from transunet.weights import torch_load
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo unsafe",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"a": Evil()}))
+    garbage = tmp_path / "last.pt"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as e:
+        torch_load(evil)
+    msg = str(e.value)
+    assert "refused by the safe loader" in msg and "weights_only=False" not in msg
+    assert "trusted" in msg
+    assert not [w for w in recwarn.list if "pickle protocol" in str(w.message)]  # torch's warning is not shown
+    with pytest.raises(CheckpointError) as e:
+        torch_load(garbage)
+    msg = str(e.value)
+    assert "corrupt" in msg or "truncated" in msg
+    assert "safe loader" not in msg and "weights_only=False" not in msg

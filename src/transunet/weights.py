@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -127,13 +129,23 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol UserWarning: noise before our one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not _parses_as_pickle(path):
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read (not a valid PyTorch file); the file is truncated or "
+                "corrupt: download or copy it again."
+            ) from None
+        # Never repeat torch's advice to load with weights_only=False: that runs the file's code.
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(e), re.S)
+        detail = " ".join(m.group(1).split()).split(". ")[0].rstrip(".") if m else \
+            "objects other than tensors and plain containers"
         raise CheckpointError(
-            f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}. "
-            "It contains Python objects beyond tensors and plain containers; re-save it as a "
-            "state_dict with torch.save(model.state_dict(), path) from a trusted source."
+            f"checkpoint {path} was refused by the safe loader (weights_only=True): it holds Python objects that loading would "
+            f"build or run ({detail}). Do not load it unless it comes from a trusted source; ask for a "
+            "plain state_dict (torch.save(model.state_dict(), path)) instead."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -141,6 +153,26 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
             f"checkpoint {path} cannot be read ({first}); the file is truncated or not a PyTorch "
             "checkpoint: download or copy it again."
         ) from None
+
+
+def _parses_as_pickle(path: Path) -> bool:
+    """True when the file's pickle stream is well formed (read without executing anything)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+        for _ in pickletools.genops(data):
+            pass
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure means the file is not a pickle
+        return False
 
 
 def _is_npz(path: Path) -> bool:
