@@ -18,7 +18,10 @@ setup-browser:
 test: setup setup-browser lint
 	$(PYTHON) -m pytest -q
 
-demo: setup
+# The demo needs only the package (not the test extras): install it once if missing.
+demo:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	@$(PYTHON) -c "import transunet" 2>/dev/null || $(PYTHON) -m pip install -e .
 	transunet demo --out transunet_demo
 
 # Style gate (pyflakes, pycodestyle incl. line length 120, import order); part of `make test`.

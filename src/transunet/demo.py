@@ -134,7 +134,7 @@ def run_demo(
         overrides: Dotted overrides of the demo config, e.g. ``["train.max_iterations=20"]``.
 
     Returns:
-        Path of ``index.html`` of the report.
+        Absolute path of ``index.html`` of the report.
     """
     from transunet.data.phantom import generate_phantom
     from transunet.data.prepare import prepare
@@ -216,7 +216,8 @@ def run_demo(
     log.info("demo finished in %.0f s: mean Dice %.2f%% (corrected), %.2f%% (official) on %s test cases",
              record["total_s"], 100 * (dice.get("corrected") or 0.0), 100 * (dice.get("official") or 0.0),
              record["n_test_cases"])
-    log.info("report: %s", index)
+    index = index.resolve()  # absolute: the demo may be run from anywhere, the page opened from a browser
+    log.info("report: %s", index.as_uri())
     return index
 
 
