@@ -27,13 +27,23 @@ BN -> ReLU``; widths scale with ``s`` (0.125: stem 8, stages 32/64/128/256 chann
 stem is as wide as the global ``layer2`` output (official quirk: it reuses ``inplanes``). Module
 names equal the official ones, so official state dicts load through
 :func:`transunet.weights.load_pretrained`; the tiny official MedT fixture reproduces the official
-logits to 1e-7 (``tests/models/test_medt.py``).
+logits exactly (max |diff| 0.0 in float32 and float64, ``tests/models/test_medt.py``).
 
 Full size at 224x224, 1 -> 9 classes: ``GatedAxialUNet`` 1,334,697 parameters (= official
 ``gated(img_size=224, imgchan=1, num_classes=9)``), ``MedT`` 1,520,705 (official 1,556,394
 including 35,689 parameters that never touch the output, see below). ``transunet profile`` counts
-only the 2D convolutions; the axial attention (``Conv1d`` qkv projections and the attention
-``einsum`` products) comes on top (FAMILY.md: 3.774 GFLOPs for the official MedT at 224).
+the 2D convolutions only (MedT 5.69, GatedAxialUNet 1.29 GFLOPs); ``FlopCounterMode`` with the
+``Conv1d`` qkv projections and the attention products: MedT 7.62 GFLOPs (49 patches; 4.15 with
+``local_mode="official"``, 16 patches; official code 3.774), GatedAxialUNet 3.32 (official 2.867).
+The difference is the positional logits, computed here as a ``(L, 2L - 1)`` product with every
+relative offset followed by a gather (about twice the official ``(L, L)`` products, but no
+``einsum`` batched over positions, which is erratically slow on CPU).
+
+Attention maps (``capture_attention``, kind ``axial``): one softmax map per axial layer in call order
+(height then width layer of every block; MedT: global branch first, then the local branch), each
+``(B', G, M, L, L)``: ``L`` the attended length, ``M`` the other side, ``B' = B`` in the global
+branch and ``B * rows * cols`` patches in the local one (image-major, patches row-major; one map per patch
+call with ``patch_batch=False``).
 
 Differences from the official code:
 
