@@ -29,6 +29,8 @@ PRESETS: dict[str, dict] = {
     "R50-AttnUNet": {"resnet_units": [1, 1, 1], "resnet_width_factor": 0.5, "decoder_channels": [64, 32, 16, 16]},
     "Swin-Unet": {"embed_dim": 24, "num_heads": [1, 2, 4, 8], "window_size": 7, "drop_path_rate": 0.0},
     "UNETR": {"feature_size": 8, "hidden_size": 128, "mlp_dim": 256, "num_heads": 4, "num_layers": 4},
+    "MedT": {"s": 0.125, "groups": 4},
+    "GatedAxialUNet": {"s": 0.125, "groups": 4},
     "CoTr": {"channels": [16, 48], "blocks": [1, 1, 1], "d_model": 96, "num_heads": 4, "num_layers": 2,
              "num_points": 4, "dim_feedforward": 192},
 }

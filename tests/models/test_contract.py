@@ -41,6 +41,9 @@ TINY: dict[str, tuple[dict[str, Any], list[tuple[int, int]]]] = {
               [(32, 32), (32, 48)]),
     "CoTr": ({"channels": (8, 16), "blocks": (1, 1, 1), "d_model": 24, "num_heads": 2, "num_layers": 1,
               "num_points": 2, "dim_feedforward": 32}, [(32, 32), (32, 48)]),
+    "MedT": ({"s": 0.0625, "groups": 2, "layers": (1, 1, 1, 1)}, [(32, 32), (32, 64)]),
+    "GatedAxialUNet": ({"s": 0.0625, "groups": 2, "layers": (1, 1, 1, 1)}, [(32, 32), (32, 64)]),
+    "AxialUNet": ({"s": 0.0625, "groups": 2, "layers": (1, 1, 1, 1)}, [(32, 32), (32, 64)]),
     "R50-UNet": (dict(_R50), [(32, 32), (32, 48)]),
     "R50-AttnUNet": (dict(_R50), [(32, 32), (32, 48)]),
 }

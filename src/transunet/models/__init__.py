@@ -9,6 +9,7 @@ conversion); one file per architecture, read top to bottom.
 from transunet.models import (  # noqa: F401
     attention_unet,
     cotr,
+    medt,
     r50_unet,
     swin_unet,
     transunet,
