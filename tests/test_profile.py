@@ -42,3 +42,16 @@ def test_profile_cli(capsys) -> None:
     assert "img_size=128x96" in out and "tokens=8x6" in out
     assert main(["profile", "TransUNet-Tiny", "--img-size", "100"]) == 2
     assert "closest valid size is (96, 96)" in capsys.readouterr().err
+
+
+def test_conv1d_conv3d_and_transposed_convs_are_counted() -> None:
+    """2 FLOPs per multiply-add for every convolution kind (axial nets use Conv1d, 3D nets Conv3d)."""
+    from torch import nn
+
+    for mod, x, macs in (
+        (nn.Conv1d(4, 8, 3, padding=1), torch.empty(2, 4, 10), 2 * 8 * 10 * 4 * 3),
+        (nn.Conv3d(2, 4, 3, padding=1, groups=2), torch.empty(1, 2, 3, 4, 5), 4 * 60 * 1 * 27),
+        (nn.ConvTranspose2d(4, 6, 2, stride=2), torch.empty(1, 4, 5, 5), 4 * 25 * 6 * 4),
+    ):
+        res = count_flops(nn.Sequential(mod), x)
+        assert sum(res["flops"].values()) == 2 * macs

@@ -10,6 +10,7 @@ this package actually runs is listed separately.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -61,20 +62,20 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     hooks = []
 
     def conv_hook(name: str):
-        def hook(mod: nn.Conv2d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        def hook(mod: nn.Conv1d | nn.Conv2d | nn.Conv3d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             nonlocal saving
-            kh, kw = mod.kernel_size
-            macs = out.numel() * (mod.in_channels // mod.groups) * kh * kw
+            k = math.prod(mod.kernel_size)
+            macs = out.numel() * (mod.in_channels // mod.groups) * k
             flops[_part(name)] = flops.get(_part(name), 0) + 2 * macs
             used = inp[0].shape[1]
             if used != mod.in_channels:  # folded kernel: count the official 3-channel conv
-                saving += 2 * out.numel() * (mod.in_channels - used) // mod.groups * kh * kw
+                saving += 2 * out.numel() * (mod.in_channels - used) // mod.groups * k
         return hook
 
     def deconv_hook(name: str):
-        def hook(mod: nn.ConvTranspose2d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            kh, kw = mod.kernel_size
-            macs = inp[0].numel() * (mod.out_channels // mod.groups) * kh * kw
+        def hook(mod: nn.ConvTranspose2d | nn.ConvTranspose3d, inp: tuple[torch.Tensor, ...],
+                 out: torch.Tensor) -> None:
+            macs = inp[0].numel() * (mod.out_channels // mod.groups) * math.prod(mod.kernel_size)
             flops[_part(name)] = flops.get(_part(name), 0) + 2 * macs
         return hook
 
@@ -97,9 +98,9 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         return hook
 
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             hooks.append(mod.register_forward_hook(conv_hook(name)))
-        elif isinstance(mod, nn.ConvTranspose2d):
+        elif isinstance(mod, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
             hooks.append(mod.register_forward_hook(deconv_hook(name)))
         elif isinstance(mod, nn.Linear):
             hooks.append(mod.register_forward_hook(linear_hook(name)))
