@@ -36,6 +36,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+#: Input sizes for models whose size rule excludes 112 (Swin-Unet: windows of 7 over 4 stages;
+#: the axial models: multiples of 32).
+SIZES = {"Swin-Unet": 224, "MedT": 128, "GatedAxialUNet": 128, "AxialUNet": 128}
+
+
 def main() -> None:
     from transunet.config import load_config
     from transunet.data.phantom import generate_phantom
@@ -59,7 +64,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         preset = PRESETS.get(name, {})
-        size = 224 if name == "Swin-Unet" and args.img_size % 56 else args.img_size
+        size = SIZES.get(name, args.img_size)
         cfg = load_config("demo", [
             f"name={name}", f"output_dir={args.out / 'runs'}", f"model.name={name}",
             f"model.img_size=[{size},{size}]", f"model.args={json.dumps(preset)}", f"data.root={data}",
