@@ -143,9 +143,9 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
         detail = " ".join(m.group(1).split()).split(". ")[0].rstrip(".") if m else \
             "objects other than tensors and plain containers"
         raise CheckpointError(
-            f"checkpoint {path} was refused by the safe loader (weights_only=True): it holds Python objects that loading would "
-            f"build or run ({detail}). Do not load it unless it comes from a trusted source; ask for a "
-            "plain state_dict (torch.save(model.state_dict(), path)) instead."
+            f"checkpoint {path} was refused by the safe loader (weights_only=True): it holds Python objects "
+            f"that loading would build or run ({detail}). Do not load it unless it comes from a trusted "
+            "source; ask for a plain state_dict (torch.save(model.state_dict(), path)) instead."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
