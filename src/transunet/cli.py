@@ -53,7 +53,16 @@ def _model_args(items: list[str] | None) -> dict[str, Any]:
 def cmd_list_models(args: argparse.Namespace) -> int:
     from transunet.registry import list_models
 
-    for name in list_models(args.pattern):
+    names = list_models(args.pattern)
+    if not names:
+        from transunet.errors import did_you_mean
+
+        loose = list_models(f"*{args.pattern.strip('*')}*") or [
+            n for n in list_models() if args.pattern.strip("*").lower() in n.lower()]
+        hint = f" (patterns are case-sensitive shell patterns); similar: {', '.join(loose)}" if loose else ""
+        raise TransUNetError(f"no registered model matches {args.pattern!r}{hint}."
+                             + ("" if loose else did_you_mean(args.pattern, list_models())))
+    for name in names:
         print(name)
     return 0
 
@@ -118,7 +127,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    if args.list_keys:
+        from transunet.config import config_keys
+
+        rows = config_keys()
+        width = max(len(k) for k, _, _ in rows)
+        twidth = max(len(t) for _, t, _ in rows)
+        for key, tp, default in rows:
+            print(f"{key:<{width}}  {tp:<{twidth}}  default: {default!r}")
+        return 0
+    if args.config is None:
+        raise TransUNetError("train needs a CONFIG (a YAML file or a packaged config name, see "
+                             "'transunet train --help'); --list-keys lists the valid keys.")
     cfg = load_config(args.config, overrides)
+    if args.print_config:
+        from transunet.config import dump_config
+
+        print(dump_config(cfg), end="")
+        return 0
     run_dir = train(cfg, resume=args.resume)
     print(f"run folder: {run_dir}")
     return 0
@@ -176,7 +204,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from transunet.demo import run_demo
 
-    out = run_demo(args.out, overwrite=args.overwrite, device=args.device or "auto")
+    overrides = [f"train.threads={args.threads}"] if args.threads is not None else []
+    out = run_demo(args.out, overwrite=args.overwrite, device=args.device or "auto", overrides=overrides)
     print(f"demo report: {out}")
     return 0
 
@@ -185,8 +214,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from transunet.compare import compare, compare_runs
 
     if bool(args.spec) == bool(args.runs):
-        raise TransUNetError("compare takes a spec (a YAML file or a preset: demo_compare, synapse_paper, "
-                             "acdc_paper) or --runs RUN_A RUN_B ..., not both.")
+        raise TransUNetError("compare needs exactly one of: a spec (a YAML file or a preset: demo_compare, "
+                             "synapse_paper, acdc_paper) or --runs RUN_A RUN_B ...")
     if args.runs:
         folder = compare_runs(args.runs, args.out or Path("comparisons") / "runs_comparison",
                               reference=args.reference, names=args.names, data=args.data, split=args.split,
@@ -224,37 +253,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", nargs="?", default=None, help="registered model name, e.g. R50-ViT-B_16")
     s.add_argument("--all", action="store_true", help="one line per registered model (parameters, GFLOPs)")
     s.add_argument("--markdown", action="store_true", help="with --all: a Markdown table")
-    s.add_argument("--img-size", type=int, nargs="+", default=[_default(profile_model, "img_size")], metavar="H [W]")
-    s.add_argument("--num-classes", type=int, default=_default(profile_model, "num_classes"))
-    s.add_argument("--in-channels", type=int, default=_default(profile_model, "in_channels"))
-    s.add_argument("--batch-size", type=int, default=_default(profile_model, "batch_size"))
+    s.add_argument("--img-size", type=int, nargs="+", default=[_default(profile_model, "img_size")], metavar="H [W]",
+                   help="input size: H for a square input, or H W")
+    s.add_argument("--num-classes", type=int, default=_default(profile_model, "num_classes"),
+                   help="output classes incl. background")
+    s.add_argument("--in-channels", type=int, default=_default(profile_model, "in_channels"),
+                   help="input channels")
+    s.add_argument("--batch-size", type=int, default=_default(profile_model, "batch_size"),
+                   help="batch size of the attention-memory estimate")
     s.add_argument("--arg", action="append", metavar="KEY=VALUE",
                    help="an architecture argument (model.args), e.g. --arg n_skip=2")
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("convert-weights",
                        help="official state dict (.pth) or Google ViT .npz -> transunet checkpoint")
-    s.add_argument("input", type=Path)
-    s.add_argument("output", type=Path)
-    s.add_argument("--model", default=_default(convert_weights, "model"))
-    s.add_argument("--num-classes", type=int, default=_default(convert_weights, "num_classes"))
+    s.add_argument("input", type=Path, help="official state dict (.pth) or Google ViT .npz")
+    s.add_argument("output", type=Path, help="transunet checkpoint to write (.pt)")
+    s.add_argument("--model", default=_default(convert_weights, "model"),
+                   help="registered model name (see 'transunet list-models')")
+    s.add_argument("--num-classes", type=int, default=_default(convert_weights, "num_classes"),
+                   help="output classes incl. background")
     s.add_argument("--img-size", type=int, nargs="+", default=[_default(convert_weights, "img_size")],
-                   metavar="H [W]")
-    s.add_argument("--in-channels", type=int, default=_default(convert_weights, "in_channels"))
+                   metavar="H [W]", help="input size: H for a square input, or H W")
+    s.add_argument("--in-channels", type=int, default=_default(convert_weights, "in_channels"),
+                   help="input channels")
     s.add_argument("--arg", action="append", metavar="KEY=VALUE",
                    help="an architecture argument (model.args), e.g. --arg n_skip=2")
     s.add_argument("--n-skip", type=int, default=None,
                    help="TransUNet skip connections 0-3 (shorthand for --arg n_skip=N; default: the model's)")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_convert_weights)
 
     s = sub.add_parser("phantom", help="synthetic CT/MRI data in the raw BTCV or ACDC layout")
-    s.add_argument("out", type=Path)
-    s.add_argument("--layout", choices=["btcv", "acdc"], default="btcv")
-    s.add_argument("--cases", type=int, default=30)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", choices=["small", "full"], default="small")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("out", type=Path, help="output folder")
+    s.add_argument("--layout", choices=["btcv", "acdc"], default="btcv",
+                   help="raw layout: btcv (abdominal CT, Synapse) or acdc (cardiac MRI)")
+    s.add_argument("--cases", type=int, default=30, help="number of cases")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same phantom)")
+    s.add_argument("--size", choices=["small", "full"], default="small",
+                   help="small volumes (fast) or full scanner size")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing phantom folder")
     s.set_defaults(func=cmd_phantom)
 
     s = sub.add_parser("prepare", help="raw data -> training slices and test volumes")
@@ -268,24 +306,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="CT window in HU (default -125 275)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split for own data")
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--workers", type=int, default=1, help="processes converting cases in parallel")
+    s.add_argument("--overwrite", action="store_true",
+                   help="redo every case (finished cases are otherwise skipped)")
     s.set_defaults(func=cmd_prepare)
 
+    from transunet.config import packaged_config_names
+
     s = sub.add_parser("train", help="train from a YAML config")
-    s.add_argument("config", type=Path)
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=0.005")
+    s.add_argument("config", type=Path, nargs="?", default=None,
+                   help="YAML file, or a config shipped with the package: "
+                        + ", ".join(packaged_config_names()))
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.lr=0.005 (repeatable; see --list-keys)")
     s.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
-    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the config's)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads (train.threads; default: the cores not busy with other work)")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (file + --set + --device) as YAML and exit")
+    s.add_argument("--list-keys", action="store_true",
+                   help="list every config key with its type and default, and exit")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="score a run or checkpoint on a split (official/corrected protocol)")
     s.add_argument("run", type=Path, help="run folder (its checkpoints/best.pt, else last.pt) or checkpoint file")
     s.add_argument("--data", type=Path, default=None, help="prepared dataset (default: the run's)")
-    s.add_argument("--split", default="test")
-    s.add_argument("--protocol", choices=["official", "corrected", "both"], default="both")
+    s.add_argument("--split", default="test", help="split to evaluate")
+    s.add_argument("--protocol", choices=["official", "corrected", "both"], default="both",
+                   help="official (published, HD95 in voxels) or corrected (HD95 in mm, misses counted)")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval/SPLIT)")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.add_argument("--save-predictions", action="store_true", help="write predicted NIfTI per case")
     s.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation with the flips the model was trained with "
@@ -302,14 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file, or a run folder (its checkpoints/best.pt, else last.pt)")
     s.add_argument("input", type=Path, help="a .nii/.nii.gz file or a folder of them")
     s.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.add_argument("--tta", action="store_true",
                    help="flip test-time augmentation with the flips the model was trained with "
                         "(refused for a model trained without flips)")
     s.add_argument("--force-tta", action="store_true",
                    help="with --tta: use both flips even if the model was not trained with them")
     s.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("report", help="HTML + PNG report of a run (tables, curves, overlays, attention)")
@@ -338,11 +389,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> report, on CPU in minutes")
-    s.add_argument("--out", type=Path, default=Path("transunet_demo"))
-    s.add_argument("--device", default=None)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--out", type=Path, default=Path("transunet_demo"), help="demo folder")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    s.add_argument("--overwrite", action="store_true", help="run again over a finished demo folder")
+    s.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads (default: the cores not busy with other work)")
     s.set_defaults(func=cmd_demo)
+    for sp in sub.choices.values():  # every command shows its defaults and 'H [W]' sizes
+        sp.formatter_class = _HelpFormatter
     return p
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults (not None / False) and writes ``--img-size H [W]`` as such."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.nargs == "+" and action.metavar == "H [W]":
+            return "H [W]"
+        return super()._format_args(action, default_metavar)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from transunet.errors import CheckpointError, did_you_mean
-from transunet.utils import as_pair, as_size
+from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
 __all__ = [
