@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 from torch.utils.data import Dataset
 
+from transunet.data.safe_io import check_claim, check_numeric, read_npz, short_repr
 from transunet.data.synapse import CT_WINDOW, SYNAPSE_CLASS_NAMES
 from transunet.data.volume import Volume
 from transunet.errors import DataError
@@ -64,24 +65,16 @@ def parse_slice_name(name: str) -> tuple[str, int]:
 def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one training slice ``(image (H, W) float32, label (H, W) uint8)`` from an ``.npz``.
 
+    Headers are checked before anything is allocated (:func:`~transunet.data.safe_io.read_npz`).
+
     Args:
         path: ``train_npz/<case>_sliceNNN.npz``.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: slice file not found; prepare the dataset again or fix the list file.")
-    try:
-        with np.load(path) as data:
-            if "image" not in data or "label" not in data:
-                raise DataError(f"{path}: needs arrays 'image' and 'label', found {sorted(data.files)}; "
-                                "prepare the dataset again.")
-            image = np.asarray(data["image"], dtype=np.float32)
-            label = data["label"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{path}: cannot read npz ({type(e).__name__}); the file is truncated or corrupt, "
-                        "prepare or copy it again.") from None
+    arrays = read_npz(path, ("image", "label"), fix="prepare the dataset again")
+    image, label = arrays["image"].astype(np.float32), arrays["label"]
     if image.ndim != 2 or label.shape != image.shape:
         raise DataError(f"{path}: expected 2D image and label of equal shape, got {image.shape} and "
                         f"{label.shape}; prepare the dataset again.")
@@ -92,9 +85,37 @@ def _as_label(label: np.ndarray, where: Any) -> np.ndarray:
     if label.dtype == np.uint8:
         return label
     lab = np.asarray(label)
+    check_numeric(where, lab.dtype, "label")
     if lab.size and (not np.all(np.isfinite(lab)) or lab.min() < 0 or lab.max() > 255):
         raise DataError(f"{where}: label values must be integers in 0..255; prepare the dataset again.")
     return np.rint(lab).astype(np.uint8)
+
+
+def _h5_fail(path: Path, e: BaseException) -> DataError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    why = f"{type(e).__name__}: {short_repr(msg)}" if msg else type(e).__name__
+    return DataError(f"{path}: cannot read HDF5 ({why}); the file is truncated or corrupt, prepare or copy it "
+                     "again.")
+
+
+def _check_h5_dataset(f: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    obj = f.get(name, getlink=False)
+    if not isinstance(obj, h5py.Dataset):
+        raise DataError(f"{path}: '{name}' is a {type(obj).__name__}, not an array dataset; prepare the dataset "
+                        "again.")
+    check_numeric(path, obj.dtype, f"dataset '{name}'")
+    if obj.ndim != 3:
+        raise DataError(f"{path}: expected '{name}' shaped (S, H, W), got {short_repr(obj.shape)}; prepare the "
+                        "dataset again.")
+    try:
+        stored = int(obj.id.get_storage_size())
+    except Exception:  # noqa: BLE001 - external or virtual storage: no size to compare with
+        stored = None
+    if obj.external:
+        stored = None
+    # chunked data may be compressed (filters): allow deflate's expansion; contiguous data is stored as is
+    check_claim(path, obj.shape, obj.dtype.itemsize, stored, obj.chunks is not None, f"dataset '{name}'")
+    return obj
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -102,18 +123,25 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: volume file not found; prepare the dataset again or fix the list file.")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read HDF5 ({str(e).splitlines()[0] if str(e) else 'OSError'}); "
-                        "the file is truncated or corrupt, prepare or copy it again.") from None
-    if "image" not in f:
-        keys = sorted(f.keys())
+    except Exception as e:  # noqa: BLE001 - h5py raises many types for damaged files
+        raise _h5_fail(path, e) from None
+    try:
+        if "image" not in f:
+            keys = sorted(f.keys())
+            raise DataError(f"{path}: needs dataset 'image' (and 'label'), found {short_repr(keys)}; prepare the "
+                            "dataset again.")
+        image = _check_h5_dataset(f, "image", path)
+        if "label" in f:
+            label = _check_h5_dataset(f, "label", path)
+            if label.shape != image.shape:
+                raise DataError(f"{path}: expected image (S, H, W) and label of the same shape, got "
+                                f"{image.shape} and {label.shape}; prepare the dataset again.")
+    except DataError:
         f.close()
-        raise DataError(f"{path}: needs dataset 'image' (and 'label'), found {keys}; prepare the dataset again.")
-    if f["image"].ndim != 3 or ("label" in f and f["label"].shape != f["image"].shape):
-        shapes = (f["image"].shape, f["label"].shape if "label" in f else None)
+        raise
+    except Exception as e:  # noqa: BLE001
         f.close()
-        raise DataError(f"{path}: expected image (S, H, W) and label of the same shape, got {shapes}; "
-                        "prepare the dataset again.")
+        raise _h5_fail(path, e) from None
     return f
 
 
@@ -128,19 +156,91 @@ def read_h5_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         image = np.asarray(f["image"][:], dtype=np.float32)
         label = _as_label(f["label"][:], path) if "label" in f else None
-    except OSError:
-        raise DataError(f"{path}: cannot read HDF5 data; the file is truncated or corrupt, "
-                        "prepare or copy it again.") from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises many types for damaged data
+        raise _h5_fail(path, e) from None
     finally:
         f.close()
     return image, label
 
 
+#: Longest case id or slice name accepted (file systems refuse names over 255 bytes).
+MAX_NAME = 200
+
+
+def check_name(name: Any, where: Any, what: str = "case id") -> str:
+    """A case id / slice name usable as a file name, or one DataError naming ``where``."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: {what} {short_repr(name)} must be a non-empty string; prepare the dataset "
+                        "again.")
+    if len(name) > MAX_NAME or any(c in name for c in "/\\\0") or name in (".", ".."):
+        raise DataError(f"{where}: {what} {short_repr(name)} is not a usable file name (at most {MAX_NAME} "
+                        "characters, no path separators); fix the list or prepare the dataset again.")
+    return name
+
+
 def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at position {e.start}); write the "
+                        "list file again.") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read list file ({type(e).__name__}); check the file.") from None
+    return [check_name(line.strip(), path, "name") for line in text.splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- dataset info
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """JSON content of ``path``; one DataError naming it for unreadable, non-UTF-8 or invalid JSON."""
+    try:
+        if path.stat().st_size > 512 * 2**20:
+            raise DataError(f"{path}: {path.stat().st_size} bytes is too large for a dataset description; {fix}.")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except DataError:
+        raise
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at position {e.start}); {fix}.") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {short_repr(str(e))}); {fix}.") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}); check the file.") from None
+
+
+def _check_info(info: dict[str, Any], where: Path) -> None:
+    """Types of the dataset.json entries the readers use (one DataError naming the file and key)."""
+    def bad(key: str, rule: str) -> DataError:
+        return DataError(f"{where}: '{key}' must be {rule}, got {short_repr(info.get(key))}; prepare the dataset "
+                         "again.")
+
+    names = info["class_names"]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of at least 2 class names (strings)")
+    if not isinstance(info["normalization"], dict):
+        raise bad("normalization", 'a mapping such as {"kind": "zscore"}')
+    splits = info["splits"]
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise bad("splits", "a mapping of split names to lists of case ids")
+    for cases in splits.values():
+        for c in cases:
+            check_name(c, where)
+    for key in ("spacing", "geometry"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise bad(key, "a mapping of case ids to records")
+    for case, sp in (info.get("spacing") or {}).items():
+        if sp is None:
+            continue
+        ok = isinstance(sp, list) and len(sp) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in sp)
+        if not ok:
+            raise DataError(f"{where}: spacing of {short_repr(case)} must be 3 positive numbers (mm), got "
+                            f"{short_repr(sp)}; prepare the dataset again.")
+    for key in ("modality", "name"):
+        if key in info and not isinstance(info[key], str):
+            raise bad(key, "a string")
 
 
 def _list_dir(root: Path, list_dir: str | Path | None) -> Path | None:
@@ -175,19 +275,21 @@ def read_dataset_info(root: str | Path, list_dir: str | Path | None = None) -> d
     meta_path = root / "dataset.json"
     ldir = _list_dir(root, list_dir)
     if meta_path.is_file():
-        try:
-            info = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the dataset again.") from None
+        info = _read_json(meta_path, "prepare the dataset again")
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise DataError(f"{meta_path}: not a transunet dataset (format must be {FORMAT!r}); "
                             "prepare it with 'transunet prepare'.")
-        if int(info.get("version", 0)) > VERSION:
-            raise DataError(f"{meta_path}: dataset format version {info.get('version')} is newer than "
+        version = info.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DataError(f"{meta_path}: 'version' must be an integer, got {short_repr(version)}; prepare the "
+                            "dataset again.")
+        if version > VERSION:
+            raise DataError(f"{meta_path}: dataset format version {version} is newer than "
                             f"this transunet supports ({VERSION}); upgrade transunet.")
         for key in ("class_names", "normalization", "splits"):
             if key not in info:
                 raise DataError(f"{meta_path}: missing key {key!r}; prepare the dataset again.")
+        _check_info(info, meta_path)
         info.setdefault("spacing", {})
         info.setdefault("modality", "CT")
         info.setdefault("name", root.name)
@@ -401,8 +503,13 @@ class SliceDataset(Dataset):
         f = self._h5.get(case)
         if f is None:
             f = self._h5[case] = _open_h5(self.root / "test_vol_h5" / f"{case}.npy.h5")
-        image = np.asarray(f["image"][i], dtype=np.float32)
-        label = _as_label(f["label"][i], f.filename) if "label" in f else np.zeros(image.shape, np.uint8)
+        try:
+            image = np.asarray(f["image"][i], dtype=np.float32)
+            label = _as_label(f["label"][i], f.filename) if "label" in f else np.zeros(image.shape, np.uint8)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - h5py raises many types for damaged data
+            raise _h5_fail(self.root / "test_vol_h5" / f"{case}.npy.h5", e) from None
         return image, label
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -11,14 +11,13 @@ affine and header.
 from __future__ import annotations
 
 import base64
-import gzip
-import zlib
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from transunet.data.safe_io import check_claim, check_numeric, short_repr
 from transunet.errors import DataError
 from transunet.utils import atomic_write
 
@@ -38,8 +37,70 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def read_nifti_header(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file and check its header's claims before any voxel is read.
+
+    Checks: a known numeric datatype (no RGB, complex or unknown codes), positive dims whose
+    voxel count is under the cap (:func:`~transunet.data.safe_io.max_voxels`) and fits in the
+    file (at most ~1100x expansion for ``.nii.gz``), finite scaling, and finite positive voxel
+    sizes. Every failure is one :class:`DataError` naming the file.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        The nibabel image (data not loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the path.")
+    try:
+        img = nib.load(str(path))
+        header = img.header
+        shape = tuple(int(v) for v in img.shape)
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 0
+        slope, inter = _raw_scaling(header)
+        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read the NIfTI header; the file is corrupt.") from None
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for damaged headers
+        raise DataError(f"{path}: cannot read NIfTI header ({_why(e)}); the file is truncated or corrupt, "
+                        "copy or export it again.") from None
+    check_numeric(path, dtype, "NIfTI image")
+    compressed = str(path).endswith(".gz")
+    stored = max(path.stat().st_size - (0 if compressed else offset), 0)
+    check_claim(path, shape, dtype.itemsize, stored, compressed, "NIfTI image")
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise DataError(f"{path}: the header's intensity scaling (scl_slope {slope}, scl_inter {inter}) is not "
+                        "finite; fix the header (scl_slope 1, scl_inter 0) or export the image again.")
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(f"{path}: the header's voxel sizes (pixdim {zooms}) must be finite and positive; fix the "
+                        "header or export the image again.")
+    return img
+
+
+def _raw_scaling(header: Any) -> tuple[float, float]:
+    """``(scl_slope, scl_inter)`` as nibabel applies them (slope 0 or NaN: no scaling)."""
+    try:
+        slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    except (KeyError, ValueError, TypeError):  # Analyze headers have no scaling fields
+        return 1.0, 0.0
+    if slope == 0 or np.isnan(slope):
+        return 1.0, 0.0
+    return slope, inter
+
+
+def _why(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {short_repr(msg)}" if msg else type(e).__name__
+
+
 def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton: bool = True):
     """Read a 3D NIfTI as a slice-first array.
+
+    The header is checked first (:func:`read_nifti_header`), so a damaged or hostile file ends in
+    one :class:`DataError` naming it, never in a traceback or a huge allocation.
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
@@ -50,26 +111,30 @@ def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton
         ``(array (S, H, W), spacing (s, h, w) in mm, affine 4x4, nibabel image)``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check the path.")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot read NIfTI ({msg}); the file is truncated or corrupt, "
-                        "copy it again.") from None
-    if data.ndim == 4 and allow_4d_singleton and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
+    img = read_nifti_header(path)
+    shape = tuple(int(v) for v in img.shape)
+    if len(shape) == 4 and allow_4d_singleton and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
         raise DataError(
-            f"{path}: expected a 3D volume, got {data.ndim}D with shape {tuple(data.shape)}; "
+            f"{path}: expected a 3D volume, got {len(shape)}D with shape {shape}; "
             "split 4D series into 3D files (one per frame) first."
         )
-    arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0))).astype(dtype, copy=False)
+    try:
+        data = np.asanyarray(img.dataobj)
+        if data.ndim == 4:
+            data = data[..., 0]
+        arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0))).astype(dtype, copy=False)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read {shape} voxels; use a machine with more memory "
+                        "or crop the scan.") from None
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for damaged data
+        raise DataError(f"{path}: cannot read NIfTI ({_why(e)}); the file is truncated or corrupt, "
+                        "copy it again.") from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[1], zooms[0])
-    return arr, spacing, np.asarray(img.affine, dtype=np.float64), img
+    return arr, spacing, affine, img
 
 
 def to_nifti_array(vol: np.ndarray) -> np.ndarray:

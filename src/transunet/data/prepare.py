@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from transunet.data.datasets import FORMAT, LIST_FILES, VERSION, slice_name
-from transunet.data.nifti import geometry_of, is_nifti, load_nifti, strip_nifti_suffix
+from transunet.data.nifti import geometry_of, is_nifti, load_nifti, read_nifti_header, strip_nifti_suffix
 from transunet.data.normalize import normalize
 from transunet.data.synapse import (
     ACDC_CLASS_NAMES,
@@ -391,12 +391,8 @@ def _split_patients(specs: list[CaseSpec], val_cases: int | None, seed: int) -> 
 
 
 def _header(path: str) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
-    try:
-        img = nib.load(path)
-        shape = tuple(int(v) for v in img.shape)
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad headers
-        raise DataError(f"{path}: cannot read NIfTI header ({type(e).__name__}); the file is truncated or "
-                        "corrupt, copy it again.") from None
+    img = read_nifti_header(path)  # checked claims: datatype, dims, size against the file, pixdim
+    shape = tuple(int(v) for v in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
