@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import yaml
 
+from transunet.data.safe_io import short_repr
 from transunet.errors import ConfigError, check_choice, did_you_mean
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -239,7 +240,7 @@ def validate(cfg: ExperimentConfig) -> None:
     ]
     for key, ok, rule in rules:
         if not ok:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is invalid: it must be {rule}.")
+            raise ConfigError(f"{key}={short_repr(_get(cfg, key))} is invalid: it must be {rule}.")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -286,11 +287,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0])
     if is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+            raise ConfigError(f"{key} must be a mapping, got {short_repr(value)}.")
         return from_dict(tp, value, prefix=key + ".")
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key} must be a mapping of names to values, got {value!r}.")
+            raise ConfigError(f"{key} must be a mapping of names to values, got {short_repr(value)}.")
         _, vt = typing.get_args(tp)
         return {k: (_plain(v, f"{key}.{k}") if vt is Any else _coerce(v, vt, f"{key}.{k}"))
                 for k, v in value.items()}
@@ -298,7 +299,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}.")
+            raise ConfigError(f"{key} must be a list, got {short_repr(value)}.")
         item = typing.get_args(tp)[0]
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
@@ -306,30 +307,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value] * len(args)  # img_size: 224 -> (224, 224)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}.")
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {short_repr(value)}.")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+        raise ConfigError(f"{key} must be true or false, got {short_repr(value)}.")
     if tp is int:
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         ):
-            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+            raise ConfigError(f"{key} must be an integer, got {short_repr(value)}.")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:
                 return float(value)
             except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+                raise ConfigError(f"{key} must be a number, got {short_repr(value)}.") from None
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}.")
+            raise ConfigError(f"{key} must be a string, got {short_repr(value)}.")
         return str(value)
     return value
 
@@ -344,7 +345,7 @@ def _plain(value: Any, key: str, depth: int = 0) -> Any:
         return [_plain(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _plain(v, f"{key}.{k}", depth + 1) for k, v in value.items()}
-    raise ConfigError(f"{key}={value!r} is not a plain value (number, string, boolean, list or mapping).")
+    raise ConfigError(f"{key}={short_repr(value)} is not a plain value (number, string, boolean, list or mapping).")
 
 
 def migrate(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -364,13 +365,16 @@ def migrate(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]
         return data
     data = dict(data)
     if cls is ModelConfig and any(k in data for k in LEGACY_MODEL_KEYS):
-        args = dict(data.get("args") or {})
+        args = data.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"{prefix}args must be a mapping, got {short_repr(args)}.")
+        args = dict(args)
         for k in LEGACY_MODEL_KEYS:
             if k in data:
                 v = data.pop(k)
                 if k in args and args[k] != v:
-                    raise ConfigError(f"{prefix}{k}={v!r} and {prefix}args.{k}={args[k]!r} disagree; keep only "
-                                      f"{prefix}args.{k}.")
+                    raise ConfigError(f"{prefix}{k}={short_repr(v)} and {prefix}args.{k}={short_repr(args[k])} "
+                                      f"disagree; keep only {prefix}args.{k}.")
                 if v is not None:
                     args.setdefault(k, v)
         data["args"] = args
@@ -379,14 +383,16 @@ def migrate(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]
             if old in data:
                 v = data.pop(old)
                 if new in data and data[new] != v:
-                    raise ConfigError(f"{prefix}{old}={v!r} and {prefix}{new}={data[new]!r} disagree; keep only "
-                                      f"{prefix}{new}.")
+                    raise ConfigError(f"{prefix}{old}={short_repr(v)} and {prefix}{new}={short_repr(data[new])} "
+                                      f"disagree; keep only {prefix}{new}.")
                 data.setdefault(new, v)
     return data
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict; unknown keys fail with "did you mean"."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {short_repr(data)}.")
     data = migrate(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
@@ -413,15 +419,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             path = packaged_config(path)
-        text = path.read_text()
         try:
-            data = yaml.safe_load(text) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#x} at position "
+                              f"{e.start}); save it as UTF-8.") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}); check the path.") from None
+        try:
+            data = safe_yaml(text, f"config file {path}") or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {yaml_error_text(e)}; fix the file.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must contain a mapping at the top level.")
         if "checkpoint_format" in data:  # a config embedded in a checkpoint dump
-            data = data["config"]
+            data = data.get("config")
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path}: 'config' must be a mapping (a checkpoint's config dump).")
         try:
             cfg = from_dict(ExperimentConfig, data)
         except ConfigError as e:  # name the file (and the line of the key) the problem is in
@@ -431,6 +445,58 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     else:
         cfg = from_dict(ExperimentConfig, data)
     return apply_overrides(cfg, overrides or [])
+
+
+#: Bounds of YAML documents (configs are small: a few hundred values, a few levels deep).
+YAML_MAX_DEPTH = 32
+YAML_MAX_NODES = 100_000
+YAML_MAX_BYTES = 4 * 2**20
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` bounded in nesting depth and in the size after alias expansion.
+
+    A "billion laughs" document (aliases of aliases) or 2000-deep nesting is refused with one
+    :class:`ConfigError` naming ``where`` instead of hanging or overflowing the stack.
+
+    Args:
+        text: The YAML text.
+        where: What it is (a file name or ``--set key``), for messages.
+    """
+    if len(text) > YAML_MAX_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters is too large for a config (limit {YAML_MAX_BYTES}).")
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # iterative: no recursion, no construction
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > YAML_MAX_DEPTH:
+                raise ConfigError(f"{where}: nested more than {YAML_MAX_DEPTH} levels deep; a config is a few "
+                                  "levels of sections and values, fix the file.")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node, active: frozenset[int]) -> int:
+            if id(n) in sizes:
+                return sizes[id(n)]
+            if id(n) in active:
+                raise ConfigError(f"{where}: a YAML alias refers to its own parent (a recursive structure); "
+                                  "fix the file.")
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                total += sum(size(c, active | {id(n)}) for c in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total += sum(size(k, active | {id(n)}) + size(v, active | {id(n)}) for k, v in n.value)
+            if total > YAML_MAX_NODES:
+                raise ConfigError(f"{where}: expands to more than {YAML_MAX_NODES} values (YAML aliases of aliases, "
+                                  "a 'billion laughs' document); fix the file.")
+            sizes[id(n)] = total
+            return total
+
+        size(node, frozenset())
+    return yaml.safe_load(text)
 
 
 def yaml_error_text(e: Exception) -> str:
@@ -538,11 +604,11 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.005.")
+            raise ConfigError(f"override {short_repr(item)} must look like section.key=value, e.g. train.lr=0.005.")
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw)
+            value = safe_yaml(raw, f"--set {key[:80]}")
         except yaml.YAMLError:
             value = raw
         node = data
