@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from transunet.data.safe_io import short_repr
 from transunet.errors import CheckpointError
 from transunet.registry import create_model
 from transunet.utils import as_pair, atomic_write
@@ -115,12 +116,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "official TransUNet state_dict or a Google .npz, convert it first with "
             "'transunet convert-weights'."
         )
-    if int(obj.get("version", 0)) > VERSION:
+    version = obj.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _damaged(path, "'version' must be an integer", version)
+    if version > VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint version {obj['version']}, newer than this package reads "
+            f"{path} has checkpoint version {version}, newer than this package reads "
             f"({VERSION}); upgrade transunet."
         )
+    _check_structure(obj, path)
     return obj
+
+
+def _damaged(path: Any, rule: str, value: Any) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is damaged: {rule}, got {short_repr(value)}; use another copy or "
+                           "save the checkpoint again.")
+
+
+#: Entries of ``train_state`` that resuming reads, with their types.
+_TRAIN_STATE_KEYS = {"epoch": int, "iteration": int, "best_score": (int, float), "best_epoch": int}
+
+
+def _check_structure(obj: dict[str, Any], path: Any) -> None:
+    """Types of the entries every reader of a checkpoint uses (one CheckpointError naming the file)."""
+    model = obj.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) \
+            or not isinstance(model.get("kwargs", {}), dict):
+        raise _damaged(path, "'model' must be {'name': str, 'kwargs': dict}", model)
+    model.setdefault("kwargs", {})
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise _damaged(path, "'state_dict' must map names to tensors", type(sd).__name__)
+    for key in ("config", "preprocessing", "meta"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise _damaged(path, f"'{key}' must be a mapping or null", obj[key])
+    ts = obj.get("train_state")
+    if ts is not None:
+        if not isinstance(ts, dict):
+            raise _damaged(path, "'train_state' must be a mapping or null", ts)
+        if ts:  # resumable: every entry resuming reads must be there with its type
+            for key, tp in _TRAIN_STATE_KEYS.items():
+                if isinstance(ts.get(key), bool) or not isinstance(ts.get(key), tp):
+                    raise _damaged(path, f"'train_state.{key}' is missing or of the wrong type", ts.get(key))
+            for key in ("optimizer", "scaler", "schedule"):
+                if ts.get(key) is not None and not isinstance(ts[key], dict):
+                    raise _damaged(path, f"'train_state.{key}' must be a mapping", ts[key])
 
 
 def checkpoint_img_size(ckpt: dict[str, Any], path: str | Path) -> tuple[int, int]:

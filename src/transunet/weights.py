@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from transunet.errors import CheckpointError
+from transunet.data.safe_io import read_npz, short_repr
+from transunet.errors import CheckpointError, DataError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -147,10 +148,14 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> An
             f"that loading would build or run ({detail}). Do not load it unless it comes from a trusted "
             "source; ask for a plain state_dict (torch.save(model.state_dict(), path)) instead."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {path}: not enough memory to read it; the file is corrupt or "
+                              "too large for this machine.") from None
+    except Exception as e:  # noqa: BLE001 - a damaged pickle/zip raises IndexError, struct.error, KeyError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = f"{type(e).__name__}: {short_repr(first)}" if first else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({first}); the file is truncated or not a PyTorch "
+            f"checkpoint {path} cannot be read ({why}); the file is truncated, corrupt or not a PyTorch "
             "checkpoint: download or copy it again."
         ) from None
 
@@ -199,15 +204,11 @@ def read_weights(path: str | Path) -> ForeignWeights:
     if not path.is_file():
         raise CheckpointError(f"weight file {path} does not exist; check the path.")
     if _is_npz(path):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return ForeignWeights("npz", {k: z[k] for k in z.files}, str(path), {})
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"{path} cannot be read as a .npz ({first}); download it again from the ViT "
-                "authors' bucket (gs://vit_models/imagenet21k)."
-            ) from None
+        try:  # headers checked before allocating; object (pickled), string and encrypted arrays refused
+            return ForeignWeights("npz", read_npz(path, fix="download it again from the ViT authors' bucket "
+                                                  "(gs://vit_models/imagenet21k)"), str(path), {})
+        except DataError as e:
+            raise CheckpointError(str(e)) from None
     obj = torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         if not isinstance(obj.get("state_dict"), dict):
@@ -268,7 +269,13 @@ def convert_npz(npz: Mapping[str, np.ndarray], key_map: NpzKeyMap, model: nn.Mod
     for key, (npz_key, fn) in key_map.items():
         if npz_key not in npz:
             continue
-        arr = np.asarray(fn(np.asarray(npz[npz_key])), dtype=np.float32)
+        try:
+            arr = np.asarray(fn(np.asarray(npz[npz_key])), dtype=np.float32)
+        except (ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(
+                f"{source}: '{npz_key}' has shape {short_repr(tuple(np.shape(npz[npz_key])))} and cannot be "
+                f"converted for '{key}' ({type(e).__name__}); the file is not a ViT checkpoint of this layout."
+            ) from None
         if tuple(arr.shape) != _shape(own[key]):
             raise CheckpointError(
                 f"{source}: '{npz_key}' converts to shape {tuple(arr.shape)} but '{key}' of "

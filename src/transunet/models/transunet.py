@@ -346,10 +346,13 @@ def _npz_pos_embed(posemb: np.ndarray, grid: tuple[int, int], source: str) -> to
     if posemb.ndim != 3 or posemb.shape[0] != 1:
         raise CheckpointError(f"{source}: '{NPZ_POS_KEY}' has shape {posemb.shape}, expected (1, N, D).")
     n = posemb.shape[1]
+    if n < 2 or posemb.shape[2] < 1:  # a class token alone (or nothing) is no position grid
+        raise CheckpointError(f"{source}: '{NPZ_POS_KEY}' has shape {posemb.shape}, no grid of positions; the "
+                              "file is not a ViT checkpoint.")
     if _square_grid(n - 1) is not None:  # class token first (all Google ViT checkpoints)
         posemb, n = posemb[:, 1:], n - 1
     g = _square_grid(n)
-    if g is None:
+    if not g:
         raise CheckpointError(
             f"{source}: '{NPZ_POS_KEY}' holds {posemb.shape[1]} positions, not a square grid "
             "(with or without a class token); the file is not a ViT checkpoint."
