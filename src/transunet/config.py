@@ -496,7 +496,13 @@ def safe_yaml(text: str, where: str) -> Any:
             return total
 
         size(node, frozenset())
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a tagged value the constructor rejects (!!float 5d-3, !!binary x)
+        raise ConfigError(f"{where}: a value cannot be read ({type(e).__name__}: {short_repr(str(e))}); "
+                          "fix the value or remove its !! tag.") from None
 
 
 def yaml_error_text(e: Exception) -> str:

@@ -186,7 +186,7 @@ def _is_npz(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith(".npy") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # noqa: BLE001 - unreadable as a zip (corrupt, unsupported version): not a .npz
         return False
 
 

@@ -124,10 +124,14 @@ def _read_npy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> n
         header_len = f.tell()
         check_claim(path, shape if shape else (1,), dtype.itemsize, max(info.file_size - header_len, 0), False, what)
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        data = f.read(n * dtype.itemsize)
-        if len(data) != n * dtype.itemsize:
-            raise DataError(f"{path}: {what} is truncated ({len(data)} of {n * dtype.itemsize} bytes); copy or "
-                            "write the file again.")
+        data = bytearray(n * dtype.itemsize)  # writable, allocated once (the claim is checked above)
+        view, got = memoryview(data), 0
+        while got < len(data):
+            k = f.readinto(view[got:])
+            if not k:
+                raise DataError(f"{path}: {what} is truncated ({got} of {len(data)} bytes); copy or write the "
+                                "file again.")
+            got += k
     arr = np.frombuffer(data, dtype=dtype)
     order = "F" if fortran else "C"
     return arr.reshape(shape, order=order) if shape else arr.reshape(())
