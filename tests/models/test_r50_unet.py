@@ -35,16 +35,7 @@ def tiny(name: str, **kwargs: Any) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- shapes and sizes
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_forward_backward(name: str, size: tuple[int, int], in_channels: int) -> None:
-    model = tiny(name, in_channels=in_channels, img_size=size).train()
-    x = torch.rand(2, in_channels, *size)
-    y = model(x)
-    assert y.shape == (2, 4, *size)
-    y.square().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+# forward/backward at two sizes and 1/3 channels: tests/models/test_contract.py (every registered model)
 
 
 @pytest.mark.parametrize("name", NAMES)
