@@ -364,7 +364,7 @@ def evaluate(
     Returns:
         The output folder.
     """
-    from transunet.data.datasets import list_cases, load_volume, read_dataset_info
+    from transunet.data.datasets import list_cases, load_volume, mask_ignored, read_dataset_info
 
     check_choice("protocol", protocol, CONFIG_PROTOCOLS)
     protocols = ("official", "corrected") if protocol == "both" else (protocol,)
@@ -420,13 +420,14 @@ def evaluate(
             if not np.all(np.isfinite(vol.image)):
                 raise DataError(f"case {case_id} of split {split!r} in {data_root}: the image contains NaN or "
                                 "infinite values; fix the source volume and prepare the dataset again.")
-            if vol.label.size and int(vol.label.max()) >= len(class_names):
-                raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(vol.label.max())} "
-                                f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
             pred = predictor.predict_volume(vol.image, tta=flips)
+            scored_pred, gt = mask_ignored(pred, vol.label, vol.ignore_label)  # nnU-Net's ignore label: unscored
+            if gt.size and int(gt.max()) >= len(class_names):
+                raise DataError(f"case {case_id} of split {split!r} in {data_root} has label {int(gt.max())} "
+                                f"but the dataset defines {len(class_names)} classes; prepare the dataset again.")
             spacing = tuple(float(s) for s in vol.spacing) if vol.spacing is not None else None
             spacings[case_id] = spacing
-            scored = label_metrics(pred, vol.label, classes, spacing, protocols=protocols,
+            scored = label_metrics(scored_pred, gt, classes, spacing, protocols=protocols,
                                    nsd_tolerance=nsd_tolerance)
             for p in protocols:
                 results[p][case_id] = scored[p]

@@ -290,10 +290,14 @@ def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: b
     Returns:
         ``[(input_file, label_output, probabilities_output or None), ...]``.
     """
-    from transunet.data.nifti import is_nifti, strip_nifti_suffix
+    from transunet.data.nifti import case_stem, channel_of, is_nifti, strip_nifti_suffix
 
     input, output = Path(input), Path(output)
     files = _nifti_inputs(input)
+    others = [f for f in files if (channel_of(f.name) or 0) > 0]
+    if others and input.is_dir() and any(channel_of(f.name) == 0 for f in files):
+        raise DataError(f"{others[0]}: a second input channel (nnU-Net _0001 naming); transunet models read one "
+                        "channel, so predict on the _0000 files only (move the other channels out of the folder).")
     if input.is_dir():
         if is_nifti(output.name) and not output.is_dir():
             raise DataError(f"output {output} names a file but the input {input} is a folder; pass an "
@@ -301,11 +305,17 @@ def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: b
         if _is_within(output, input):
             raise DataError(f"output folder {output} is inside the input folder {input}; choose a folder "
                             "outside it so predictions are never mixed with the scans.")
-        labels = [output / f"{strip_nifti_suffix(f.name)}.nii.gz" for f in files]
+        # nnU-Net's naming: CASE_0000.nii.gz -> CASE.nii.gz (its evaluation matches on the case name)
+        labels = [output / f"{case_stem(f.name)}.nii.gz" for f in files]
+        seen: dict[Path, Path] = {}
+        for f, lab in zip(files, labels):
+            if lab in seen:
+                raise DataError(f"{f} and {seen[lab]} would both be written to {lab}; rename one of them.")
+            seen[lab] = f
     elif is_nifti(output.name) and not output.is_dir():
         labels = [output]
     else:
-        labels = [output / f"{strip_nifti_suffix(files[0].name)}.nii.gz"]
+        labels = [output / f"{case_stem(files[0].name)}.nii.gz"]
     plan = []
     for src, dst in zip(files, labels):
         probs = (dst.with_name(strip_nifti_suffix(dst.name) + PROBABILITY_SUFFIX)

@@ -52,10 +52,13 @@ class DiceLoss(nn.Module):
         weight: Optional per-class weights (length ``K``); the weighted sum is still divided by
             ``K`` as in the official code. ``None`` weighs every class 1.
         softmax: Apply a softmax to the inputs (``False`` when probabilities are passed).
+        ignore_index: Label of voxels excluded from the loss (nnU-Net's ``ignore`` label, stored as
+            255 by ``transunet prepare``); ``None`` uses every voxel.
     """
 
     def __init__(
-        self, num_classes: int, weight: Sequence[float] | None = None, softmax: bool = True
+        self, num_classes: int, weight: Sequence[float] | None = None, softmax: bool = True,
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -68,6 +71,7 @@ class DiceLoss(nn.Module):
         self.num_classes = int(num_classes)
         self.softmax = bool(softmax)
         self.weight = None if weight is None else [float(w) for w in weight]
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-class Dice losses ``1 - dice_k``.
@@ -81,6 +85,11 @@ class DiceLoss(nn.Module):
         """
         _check_inputs(logits, target, self.num_classes)
         probs = torch.softmax(logits.float(), dim=1) if self.softmax else logits.float()
+        valid = None
+        if self.ignore_index is not None:  # ignored voxels count neither in the prediction nor the target
+            valid = target != self.ignore_index
+            target = torch.where(valid, target, torch.zeros_like(target))
+            probs = probs * valid.unsqueeze(1).to(probs.dtype)
         try:
             onehot = F.one_hot(target.long(), self.num_classes)  # (B, H, W, K)
         except RuntimeError:
@@ -90,6 +99,8 @@ class DiceLoss(nn.Module):
                 "the dataset's class_names."
             ) from None
         onehot = onehot.movedim(-1, 1).to(probs.dtype)  # (B, K, H, W)
+        if valid is not None:
+            onehot = onehot * valid.unsqueeze(1).to(probs.dtype)
         dims = [0] + list(range(2, probs.ndim))
         intersect = (probs * onehot).sum(dim=dims)  # (K,)
         y_sum = (onehot * onehot).sum(dim=dims)
@@ -119,9 +130,11 @@ class DiceCELoss(nn.Module):
         num_classes: Number of classes ``K`` including background.
         ce_weight: Weight of the cross-entropy term.
         dice_weight: Weight of the Dice term.
+        ignore_index: Label of voxels excluded from both terms (nnU-Net's ``ignore`` label), or None.
     """
 
-    def __init__(self, num_classes: int, ce_weight: float = 0.5, dice_weight: float = 0.5) -> None:
+    def __init__(self, num_classes: int, ce_weight: float = 0.5, dice_weight: float = 0.5,
+                 ignore_index: int | None = None) -> None:
         super().__init__()
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight <= 0:
             raise ValueError(
@@ -131,7 +144,8 @@ class DiceCELoss(nn.Module):
         self.num_classes = int(num_classes)
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
-        self.dice = DiceLoss(num_classes)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.dice = DiceLoss(num_classes, ignore_index=self.ignore_index)
 
     def components(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -147,7 +161,11 @@ class DiceCELoss(nn.Module):
         """
         _check_inputs(logits, target, self.num_classes)
         logits = logits.float()
-        ce = F.cross_entropy(logits, target.long())
+        if self.ignore_index is not None and not bool((target != self.ignore_index).any()):
+            ce = logits.sum() * 0.0  # every voxel ignored: no signal (cross_entropy would give NaN)
+        else:
+            ce = F.cross_entropy(logits, target.long(),
+                                 ignore_index=-100 if self.ignore_index is None else self.ignore_index)
         dice = self.dice(logits, target)
         return self.ce_weight * ce + self.dice_weight * dice, ce, dice
 

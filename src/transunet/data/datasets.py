@@ -43,6 +43,8 @@ VERSION = 1
 SPLITS = ("train", "val", "test")
 #: List file of each split: train lists slice names, the others case ids.
 LIST_FILES = {"train": "train.txt", "val": "val.txt", "test": "test_vol.txt"}
+#: Label value of voxels excluded from loss and metrics (nnU-Net's ``ignore`` label after ``prepare``).
+IGNORE_LABEL = 255
 _SLICE_RE = re.compile(r"^(?P<case>.+)_slice(?P<idx>\d+)$")
 
 
@@ -241,6 +243,28 @@ def _check_info(info: dict[str, Any], where: Path) -> None:
     for key in ("modality", "name"):
         if key in info and not isinstance(info[key], str):
             raise bad(key, "a string")
+    ig = info.get("ignore_label")
+    if ig is not None and (isinstance(ig, bool) or not isinstance(ig, int) or not len(names) <= ig <= 255):
+        raise bad("ignore_label", f"null or an integer in {len(names)}..255 (above the class labels)")
+
+
+def mask_ignored(pred: np.ndarray, label: np.ndarray, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Exclude the voxels labelled ``ignore`` from scoring, as nnU-Net does.
+
+    Both the prediction and the ground truth become background there, so those voxels count for
+    no foreground class (neither as hits nor as misses).
+
+    Args:
+        pred: Predicted labels.
+        label: Ground-truth labels of the same shape.
+        ignore: The ignore label (``Volume.ignore_label``), or None (arrays returned unchanged).
+    """
+    if ignore is None:
+        return pred, label
+    keep = label != ignore
+    if keep.all():
+        return pred, label
+    return np.where(keep, pred, 0).astype(pred.dtype), np.where(keep, label, 0).astype(label.dtype)
 
 
 def _list_dir(root: Path, list_dir: str | Path | None) -> Path | None:
@@ -411,7 +435,7 @@ def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path
     geom = case_geometry(info, case_id)
     affine = np.asarray(geom["affine"], dtype=np.float64) if geom and "affine" in geom else None
     return Volume(case_id=case_id, image=image, label=label, spacing=_case_spacing(info, case_id),
-                  affine=affine, class_names=list(info["class_names"]))
+                  affine=affine, class_names=list(info["class_names"]), ignore_label=info.get("ignore_label"))
 
 
 # --------------------------------------------------------------------------- training slices

@@ -11,6 +11,7 @@ affine and header.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,26 @@ def _raw_scaling(header: Any) -> tuple[float, float]:
 def _why(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {short_repr(msg)}" if msg else type(e).__name__
+
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def case_stem(name: str) -> str:
+    """The case name of a scan file: NIfTI suffix and nnU-Net's channel suffix ``_0000`` removed.
+
+    ``"la_003_0000.nii.gz"`` -> ``"la_003"`` (nnU-Net names predictions ``CASE.nii.gz``), ``"img0001.nii"``
+    -> ``"img0001"``.
+    """
+    stem = strip_nifti_suffix(name)
+    m = _CHANNEL_RE.match(stem)
+    return m.group("case") if m and m.group("channel") == "0000" else stem
+
+
+def channel_of(name: str) -> int | None:
+    """nnU-Net channel index of a file name (``CASE_0001.nii.gz`` -> 1), or None without a suffix."""
+    m = _CHANNEL_RE.match(strip_nifti_suffix(name))
+    return int(m.group("channel")) if m else None
 
 
 def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton: bool = True):

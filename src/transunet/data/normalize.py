@@ -8,7 +8,10 @@ trained on:
   ``[0, 1]`` with ``(x - low) / (high - low)`` (the official Synapse preprocessing).
 * ``{"kind": "zscore"}``: per volume, ``(x - mean) / std`` over all voxels (MRI); a constant
   volume becomes all zeros.
-* ``{"kind": "none"}``: the image is used as it is (already normalised).
+* ``{"kind": "none"}``: the image is used as it is (already normalised; nnU-Net's ``noNorm``).
+* ``{"kind": "rescale_to_0_1"}``: per volume, ``(x - min) / (max - min)`` (nnU-Net's
+  ``rescale_to_0_1``); a constant volume becomes all zeros.
+* ``{"kind": "rgb_to_0_1"}``: ``x / 255`` clipped to ``[0, 1]`` (nnU-Net's ``rgb_to_0_1``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: The CT window of the official Synapse preprocessing (HU).
 DEFAULT_CT_WINDOW = {"kind": "ct_window", "low": -125.0, "high": 275.0}
-KINDS = ("ct_window", "zscore", "none")
+KINDS = ("ct_window", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1")
 
 
 def ct_window(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -66,8 +69,8 @@ def check_normalization(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a normalisation dict; ``None`` means the official CT window (with a warning).
 
     Args:
-        spec: ``{"kind": "ct_window", "low": ..., "high": ...}``, ``{"kind": "zscore"}`` or
-            ``{"kind": "none"}``.
+        spec: ``{"kind": "ct_window", "low": ..., "high": ...}``, ``{"kind": "zscore"}``,
+            ``{"kind": "none"}``, ``{"kind": "rescale_to_0_1"}`` or ``{"kind": "rgb_to_0_1"}``.
 
     Returns:
         A complete copy of the dict.
@@ -106,6 +109,12 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
         return ct_window(image, spec["low"], spec["high"])
     if spec["kind"] == "zscore":
         return zscore(image)
+    if spec["kind"] == "rescale_to_0_1":
+        x = np.asarray(image, dtype=np.float64)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        return np.zeros(x.shape, np.float32) if hi <= lo else ((x - lo) / (hi - lo)).astype(np.float32)
+    if spec["kind"] == "rgb_to_0_1":
+        return np.clip(np.asarray(image, dtype=np.float64) / 255.0, 0.0, 1.0).astype(np.float32)
     return np.asarray(image, dtype=np.float32)
 
 

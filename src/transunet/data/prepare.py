@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -44,9 +45,17 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from transunet.data.datasets import FORMAT, LIST_FILES, VERSION, slice_name
-from transunet.data.nifti import geometry_of, is_nifti, load_nifti, read_nifti_header, strip_nifti_suffix
+from transunet.data.datasets import FORMAT, IGNORE_LABEL, LIST_FILES, VERSION, _read_json, slice_name
+from transunet.data.nifti import (
+    channel_of,
+    geometry_of,
+    is_nifti,
+    load_nifti,
+    read_nifti_header,
+    strip_nifti_suffix,
+)
 from transunet.data.normalize import normalize
+from transunet.data.safe_io import short_repr
 from transunet.data.synapse import (
     ACDC_CLASS_NAMES,
     BTCV_RAW_NAMES,
@@ -215,6 +224,9 @@ def _discover_nifti(raw: Path) -> list[CaseSpec]:
     _require_dir(ldir, "labels", f"put the label maps in {ldir} with the same names as the images")
     imgs = _niftis(idir)
     if not imgs:
+        suf = _foreign_files(idir)
+        if suf:
+            raise _refuse_format(idir, suf)
         raise DataError(f"{idir}: no .nii/.nii.gz files; the folder is empty.")
     specs = []
     for p in imgs:
@@ -234,22 +246,23 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: dataset.json not found; nnU-Net and MSD folders need it "
                         "(use kind 'nifti' for plain images/ + labels/ folders).")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); fix the file.") from None
+    data = _read_json(path, "fix the file")
     if not isinstance(data, dict):
         raise DataError(f"{path}: must contain a JSON object; fix the file.")
     return data
 
 
-def _label_names(meta: dict[str, Any], path: Path) -> tuple[list[int], list[str]]:
+def _label_names(meta: dict[str, Any], path: Path) -> tuple[list[int], list[str], int | None]:
+    """Label values, class names and nnU-Net's ``ignore`` label value (None without one)."""
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise DataError(f"{path}: missing 'labels' mapping; add e.g. {{\"0\": \"background\", \"1\": \"organ\"}}.")
     pairs = []
+    ignore = None
     for k, v in labels.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):  # nnU-Net v2: name -> value
+        if k == "ignore" and isinstance(v, int) and not isinstance(v, bool):  # nnU-Net v2 ignore label
+            ignore = int(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):  # nnU-Net v2: name -> value
             pairs.append((int(v), str(k)))
         elif isinstance(v, list):  # nnU-Net v2 region labels
             raise DataError(f"{path}: region-based label {k!r} is not supported; use plain integer labels.")
@@ -261,19 +274,79 @@ def _label_names(meta: dict[str, Any], path: Path) -> tuple[list[int], list[str]
     pairs.sort()
     values = [v for v, _ in pairs]
     if values != list(range(len(values))):
-        raise DataError(f"{path}: label values {values} must be 0..N-1 without gaps; fix 'labels'.")
-    return values, [n for _, n in pairs]
+        raise DataError(f"{path}: label values {short_repr(values)} must be 0..N-1 without gaps; fix 'labels'.")
+    if ignore is not None and ignore != len(values):
+        raise DataError(f"{path}: the 'ignore' label must be the highest label ({len(values)}), as nnU-Net "
+                        f"requires, got {ignore}; fix 'labels'.")
+    return values, [n for _, n in pairs], ignore
 
 
-def _modality(meta: dict[str, Any]) -> str:
+def _multichannel(where: Any, n: int, names: Any) -> DataError:
+    return DataError(f"{where}: {n} input channels ({short_repr(names)}); transunet models read one channel "
+                     "(multi-channel input such as T2 + ADC is not supported). Prepare a copy with one channel: "
+                     "keep only the CASE_0000 images (nnU-Net) or extract one volume of the 4D images (MSD), "
+                     "and list one channel in dataset.json.")
+
+
+def _modality(meta: dict[str, Any], path: Path) -> str:
     mod = meta.get("channel_names") or meta.get("modality") or {}
     if isinstance(mod, dict):
         if len(mod) > 1:
-            raise DataError(f"dataset has {len(mod)} channels ({list(mod.values())}); only single-channel "
-                            "images are supported, convert to one channel first.")
+            raise _multichannel(path, len(mod), list(mod.values()))
         vals = list(mod.values())
         return str(vals[0]) if vals else ""
     return str(mod)
+
+
+#: nnU-Net v2's normalisation schemes by channel name (case-insensitive); other names: z-score.
+NNUNET_NORMALIZATION = {"nonorm": "none", "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1",
+                        "zscore": "zscore", "ct": "ct"}
+#: Image formats nnU-Net reads that transunet does not (only NIfTI).
+FOREIGN_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".png", ".bmp")
+
+
+def _refuse_format(where: Path, ending: str) -> DataError:
+    return DataError(f"{where}: images are {ending} files; transunet reads NIfTI (.nii/.nii.gz) only. Convert the "
+                     "images and labels first, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage('x"
+                     f"{ending}'), 'x.nii.gz'), and set \"file_ending\": \".nii.gz\" in dataset.json.")
+
+
+def _foreign_files(folder: Path) -> str | None:
+    """The non-NIfTI image suffix of a folder without NIfTI files (``.mha``...), else None."""
+    if not folder.is_dir():
+        return None
+    for p in sorted(folder.iterdir()):
+        name = p.name.lower()
+        for suf in FOREIGN_SUFFIXES:
+            if name.endswith(suf):
+                return suf
+    return None
+
+
+def resolve_nnunet_dataset(name: str) -> Path:
+    """The raw folder of an nnU-Net dataset id (``501``, ``Dataset501_Name``) in ``$nnUNet_raw``.
+
+    Args:
+        name: A dataset id, a ``DatasetXXX_Name`` folder name, or a path (returned unchanged).
+    """
+    m = re.fullmatch(r"(?:Dataset)?(\d{1,3})(?:_.*)?", name)
+    if m is None:
+        return Path(name)
+    env = os.environ.get("nnUNet_raw")
+    if not env:
+        raise DataError(f"{name}: an nnU-Net dataset id needs $nnUNet_raw (the folder holding DatasetXXX_Name "
+                        "folders); set it, or pass the dataset folder itself.")
+    base = Path(env)
+    if not base.is_dir():
+        raise DataError(f"$nnUNet_raw={env} is not a folder; set it to nnU-Net's raw data folder.")
+    if not name.isdigit() and (base / name).is_dir():
+        return base / name
+    hits = sorted(base.glob(f"Dataset{int(m.group(1)):03d}_*"))
+    if len(hits) != 1:
+        found = sorted(p.name for p in base.glob("Dataset*_*"))[:8]
+        raise DataError(f"{name}: {'no' if not hits else 'several'} dataset folder(s) Dataset{int(m.group(1)):03d}_* "
+                        f"in $nnUNet_raw={env} (found {found}); pass the folder itself.")
+    return hits[0]
 
 
 def _discover_nnunet(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
@@ -281,20 +354,36 @@ def _discover_nnunet(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
     idir = _require_dir(raw / "imagesTr", "imagesTr", "nnU-Net raw data needs imagesTr/ and labelsTr/")
     ldir = _require_dir(raw / "labelsTr", "labelsTr", "nnU-Net raw data needs imagesTr/ and labelsTr/")
     ending = meta.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or not is_nifti("x" + ending):
+        raise _refuse_format(raw / "dataset.json", short_repr(ending).strip("'"))
     specs = []
-    for p in _niftis(idir):
+    images = _niftis(idir)
+    msd = isinstance(meta.get("training"), list)
+    for p in images:
         stem = strip_nifti_suffix(p.name)
         m = re.fullmatch(r"(.+)_(\d{4})", stem)
         if not m:
-            raise DataError(f"{p}: nnU-Net image names end with _0000; rename it or use kind 'nifti'.")
+            hint = "this is a Medical Segmentation Decathlon folder (dataset.json has 'training'): use kind 'msd'" \
+                if msd else "rename it or use kind 'nifti'"
+            raise DataError(f"{p}: nnU-Net image names end with _0000; {hint}.")
         if m.group(2) != "0000":
-            raise DataError(f"{p}: a second channel; only single-channel images are supported.")
+            n = len({channel_of(q.name) for q in images})
+            raise _multichannel(p, n, sorted({f"_{channel_of(q.name):04d}" for q in images
+                                              if channel_of(q.name) is not None}))
         lab = ldir / f"{m.group(1)}{ending}"
         if not lab.is_file():
             raise DataError(f"{p}: no matching label {lab}; add it or remove the image.")
         specs.append(CaseSpec(m.group(1), str(p), str(lab), patient=m.group(1)))
     if not specs:
+        suf = _foreign_files(idir)
+        if suf:
+            raise _refuse_format(idir, suf)
         raise DataError(f"{idir}: no images; the folder is empty.")
+    cases = {s.case_id for s in specs}
+    for lab in _niftis(ldir):
+        if strip_nifti_suffix(lab.name) not in cases:
+            raise DataError(f"{lab}: label without image (expected {idir / (strip_nifti_suffix(lab.name) + '_0000')}"
+                            f"{ending}); add the image or remove the label.")
     return specs, meta
 
 
@@ -307,8 +396,13 @@ def _discover_msd(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
     specs = []
     for item in training:
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
-            raise DataError(f"{raw / 'dataset.json'}: training entry {item!r} needs 'image' and 'label'.")
+            raise DataError(f"{raw / 'dataset.json'}: training entry {short_repr(item)} needs 'image' and 'label'.")
+        if not isinstance(item["image"], str) or not isinstance(item["label"], str):
+            raise DataError(f"{raw / 'dataset.json'}: training entry {short_repr(item)}: 'image' and 'label' must be "
+                            "paths (strings).")
         img, lab = raw / item["image"], raw / item["label"]
+        if not is_nifti(img.name):
+            raise _refuse_format(raw / "dataset.json", Path(img.name).suffix or img.name)
         if not img.is_file():
             raise DataError(f"{img}: image listed in dataset.json not found; restore it or fix dataset.json.")
         if not lab.is_file():
@@ -532,6 +626,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     if kind not in KINDS:
         raise DataError(f"prepare kind {kind!r} is not valid; choose one of {', '.join(KINDS)}.")
     raw, out = Path(raw), Path(out)
+    if kind == "nnunet" and not raw.is_dir():
+        raw = resolve_nnunet_dataset(str(raw))
     if not raw.is_dir():
         raise DataError(f"{raw}: input folder not found; check the path.")
     if not any(raw.iterdir()):
@@ -539,8 +635,9 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     if _inside(out, raw):
         raise DataError(f"output {out} is inside the input {raw}; choose an output folder outside the input "
                         "(prepare never writes into its input).")
-    if normalization not in (None, "ct", "zscore"):
-        raise DataError(f"--normalization {normalization!r} is not valid; choose 'ct' or 'zscore'.")
+    if normalization not in (None, "ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1"):
+        raise DataError(f"--normalization {short_repr(normalization)} is not valid; choose 'ct', 'zscore', 'none', "
+                        "'rescale_to_0_1' or 'rgb_to_0_1'.")
     if window is not None and not (len(window) == 2 and float(window[1]) > float(window[0])):
         raise DataError(f"--window {list(window)} is not valid; give LOW HIGH with HIGH > LOW, e.g. -125 275.")
     if num_workers < 1:
@@ -568,8 +665,11 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         else:
             specs, meta = _discover_msd(raw)
         if meta:
-            allowed, names = _label_names(meta, raw / "dataset.json")
-            modality = _modality(meta) or ""
+            allowed, names, ignore = _label_names(meta, raw / "dataset.json")
+            modality = _modality(meta, raw / "dataset.json") or ""
+            if ignore is not None:  # nnU-Net's ignore label: stored as IGNORE_LABEL, excluded from loss and metrics
+                allowed = [*allowed, ignore]
+                lut = list(range(ignore)) + [IGNORE_LABEL]
         _split_patients(specs, val_cases, seed)
     ids = [s.case_id for s in specs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -583,8 +683,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         norm_kind = normalization or "zscore"
     elif normalization:
         norm_kind = normalization
-    elif modality:
-        norm_kind = "ct" if modality.upper() == "CT" else "zscore"
+    elif modality:  # nnU-Net's scheme of the channel name (CT, noNorm, rescale_to_0_1, ...); others z-score
+        norm_kind = NNUNET_NORMALIZATION.get(modality.casefold(), "zscore")
     else:
         first = load_nifti(specs[0].image)[0]
         norm_kind = "ct" if float(first.min()) <= -500 else "zscore"
@@ -596,7 +696,7 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         norm = {"kind": "ct_window", "low": lo, "high": hi}
         modality = modality or "CT"
     else:
-        norm = {"kind": "zscore"}
+        norm = {"kind": norm_kind}
         modality = modality or "MRI"
     settings = _Settings(kind, norm, lut, allowed, names, modality, raw.name)
     fp = settings.fingerprint()
@@ -679,6 +779,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         "num_slices": {"train": len(train_slices)},
         "settings": fp,
     }
+    if lut is not None and IGNORE_LABEL in lut:
+        info["ignore_label"] = IGNORE_LABEL
     atomic_write_text(meta_path, json.dumps(info, indent=1))
     log.info("prepared %d case(s) (train %d / val %d / test %d, %d training slices) in %s", len(specs),
              len(splits["train"]), len(splits["val"]), len(splits["test"]), len(train_slices), out)

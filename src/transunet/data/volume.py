@@ -23,6 +23,8 @@ class Volume:
         spacing: Voxel size in mm along ``(S, H, W)``; ``None`` when unknown (official files).
         affine: 4x4 NIfTI affine of the original file (voxel (i, j, k) of the NIfTI array), if known.
         class_names: Names of labels ``0..C-1`` (``class_names[0]`` is background).
+        ignore_label: Label value of voxels excluded from training and scoring (nnU-Net's
+            ``ignore`` label, stored as 255), or ``None``.
     """
 
     case_id: str
@@ -31,6 +33,7 @@ class Volume:
     spacing: tuple[float, float, float] | None = None
     affine: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
+    ignore_label: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -408,7 +408,8 @@ class Trainer:
                         "never trained", cfg.train.freeze_epochs, self.epochs, cfg.train.freeze_group)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
-        self.loss_fn = DiceCELoss(cfg.model.num_classes, cfg.train.ce_weight, cfg.train.dice_weight)
+        self.loss_fn = DiceCELoss(cfg.model.num_classes, cfg.train.ce_weight, cfg.train.dice_weight,
+                                  ignore_index=self.dataset_info.get("ignore_label"))
         self.state = _State()
         if resume:
             self._load_last()

@@ -91,7 +91,7 @@ def validate(
     Returns:
         :func:`summarize` output.
     """
-    from transunet.data.datasets import load_volume
+    from transunet.data.datasets import load_volume, mask_ignored
 
     predictor = Predictor(model, img_size, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
     mine = list(case_ids)[info.rank :: info.world_size]
@@ -103,8 +103,8 @@ def validate(
                 f"validation case {case_id!r} of split {split!r} in {root} has no label; "
                 "validation needs labelled cases (or set data.val_split=null)."
             )
-        pred = predictor.predict_volume(vol.image)
-        local[case_id] = foreground_dice(pred, vol.label, num_classes).tolist()
+        pred, gt = mask_ignored(predictor.predict_volume(vol.image), vol.label, vol.ignore_label)
+        local[case_id] = foreground_dice(pred, gt, num_classes).tolist()
     merged: dict[str, list[float]] = {}
     for part in all_gather_objects(local, info):
         merged.update(part)
