@@ -424,6 +424,15 @@ def test_checkpoint_wrong_structure(tmp_path, changes):
         load_checkpoint(_ckpt(tmp_path, **changes))
 
 
+@pytest.mark.parametrize("kwargs", [{"num_classes": "x"}, {"num_classes": 2, "bogus": 1}, {"img_size": [7, 7]}])
+def test_checkpoint_model_arguments_wrong(tmp_path, kwargs):
+    from transunet.checkpoint import model_from_checkpoint
+
+    p = _ckpt(tmp_path, model={"name": "UNet", "kwargs": kwargs})
+    with pytest.raises(CheckpointError, match="c.pt"):
+        model_from_checkpoint(p)
+
+
 # --------------------------------------------------------------------------- Google .npz
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from transunet.data.safe_io import short_repr
-from transunet.errors import CheckpointError
+from transunet.errors import CheckpointError, TransUNetError
 from transunet.registry import create_model
 from transunet.utils import as_pair, atomic_write
 from transunet.weights import (
@@ -233,7 +233,15 @@ def model_from_checkpoint(
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"]["kwargs"])
     if "img_size" in kwargs and isinstance(kwargs["img_size"], list):
         kwargs["img_size"] = tuple(kwargs["img_size"])
-    model = create_model(name, **kwargs)
+    try:
+        model = create_model(name, **kwargs)
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {path}: the model it describes ({short_repr(name)}, "
+                              f"{short_repr(kwargs)}) does not fit in memory; the file is damaged.") from None
+    except (TransUNetError, TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model {short_repr(name)} from the recorded "
+                              f"arguments ({type(e).__name__}: {short_repr(str(e))}); the file is damaged or from "
+                              "another version of transunet.") from None
     load_state_dict_strict(model, strip_prefixes(ckpt["state_dict"]), source=str(path))
     return model.to(device).eval(), ckpt
 
