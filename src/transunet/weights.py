@@ -208,7 +208,8 @@ def read_weights(path: str | Path) -> ForeignWeights:
             return ForeignWeights("npz", read_npz(path, fix="download it again from the ViT authors' bucket "
                                                   "(gs://vit_models/imagenet21k)"), str(path), {})
         except DataError as e:
-            raise CheckpointError(str(e)) from None
+            detail = str(e)[len(f"{path}: "):] if str(e).startswith(f"{path}: ") else str(e)
+            raise CheckpointError(f"{path} cannot be read as a .npz: {detail}") from None
     obj = torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         if not isinstance(obj.get("state_dict"), dict):

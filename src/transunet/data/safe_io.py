@@ -95,6 +95,9 @@ def check_claim(path: Any, shape: Iterable[int], itemsize: int, stored_bytes: in
 
 def check_numeric(path: Any, dtype: np.dtype, what: str) -> None:
     """Refuse structured, string, object and complex dtypes with one line."""
+    if np.dtype(dtype).kind == "O":
+        raise DataError(f"{path}: the {what} holds pickled Python objects, refused without loading them (loading "
+                        "could run code); write plain numeric arrays.")
     if np.dtype(dtype).kind not in NUMERIC_KINDS:
         raise DataError(f"{path}: the {what} has data type {short_repr(str(dtype))}, not a number type; "
                         "export it as integer or float data.")
