@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,11 +123,15 @@ def _gz_file(name: str) -> Callable[[Path, bytes], Path]:
     return write
 
 
-def _dataset_json(d: Path, data: bytes) -> Path:
-    root = d / "ds"
-    root.mkdir(exist_ok=True)
-    (root / "dataset.json").write_bytes(data)
-    return root
+def _dataset_json(volumes: dict[str, bytes]) -> Callable[[Path, bytes], Path]:
+    def write(d: Path, data: bytes) -> Path:  # dataset.json beside the seed's volumes (load_volume reads both)
+        root = d / "ds"
+        (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
+        (root / "dataset.json").write_bytes(data)
+        for name, vol in volumes.items():
+            (root / "test_vol_h5" / name).write_bytes(vol)
+        return root
+    return write
 
 
 def _list_file(d: Path, data: bytes) -> Path:
@@ -138,15 +143,19 @@ def _list_file(d: Path, data: bytes) -> Path:
 
 
 def _read_dataset(root: Path) -> object:
-    from transunet.data.datasets import list_cases, read_dataset_info
+    from transunet.data.datasets import list_cases, load_volume, read_dataset_info
 
     info = read_dataset_info(root)
     for split in ("train", "val", "test"):
         try:
-            list_cases(root, split)
+            cases = list_cases(root, split)
         except Exception as e:
             if "not found in dataset" not in str(e):
                 raise
+            continue
+        if split != "train" and (root / "test_vol_h5").is_dir():
+            for case in cases[:2]:
+                load_volume(root, split, case)
     return info
 
 
@@ -193,7 +202,7 @@ def _read_checkpoint(path: Path) -> object:
     return read_weights(path)
 
 
-def make_seeds(work: Path) -> dict[str, list[bytes]]:
+def make_seeds(work: Path) -> dict[str, Any]:
     """Seed files written by the package itself (NIfTI, prepared dataset, config, checkpoint, npz)."""
     import nibabel as nib
     import torch
@@ -235,6 +244,7 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         "npz": [p.read_bytes() for p in sorted((out / "train_npz").iterdir())[:2]],
         "h5": [p.read_bytes() for p in sorted((out / "test_vol_h5").iterdir())[:1]],
         "dataset_json": [(out / "dataset.json").read_bytes()],
+        "volumes": {p.name: p.read_bytes() for p in sorted((out / "test_vol_h5").iterdir())},
         "list_file": [(out / "lists" / "train.txt").read_bytes(), b"case0001\ncase0002\n"],
         "yaml": [(work / "config.yaml").read_bytes(), b"train:\n  lr: 0.01\nmodel:\n  args: {n_skip: 3}\n"],
         "yaml_set": [b"0.01", b"!!float 5e-3"],
@@ -243,7 +253,7 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
     }
 
 
-def make_targets(seeds: dict[str, list[bytes]]) -> dict[str, Target]:
+def make_targets(seeds: dict[str, Any]) -> dict[str, Target]:
     from transunet.config import load_config
     from transunet.data.datasets import read_npz_slice
     from transunet.data.nifti import load_nifti
@@ -253,7 +263,7 @@ def make_targets(seeds: dict[str, list[bytes]]) -> dict[str, Target]:
         Target("nifti_gz", _gz_file("img.nii.gz"), load_nifti, seeds["nifti_gz"]),
         Target("npz", _file("case0_slice000.npz"), read_npz_slice, seeds["npz"]),
         Target("h5", _file("case0.npy.h5"), _read_slice_h5, seeds["h5"]),
-        Target("dataset_json", _dataset_json, _read_dataset, seeds["dataset_json"]),
+        Target("dataset_json", _dataset_json(seeds["volumes"]), _read_dataset, seeds["dataset_json"]),
         Target("list_file", _list_file, _read_dataset, seeds["list_file"]),
         Target("yaml", _file("config.yaml"), load_config, seeds["yaml"]),
         Target("yaml_set", _file("value.txt"), _read_set, seeds["yaml_set"], text=True),

@@ -248,6 +248,18 @@ def test_dataset_json_wrong_types(tmp_path, changes):
         list_cases(root, "test")
 
 
+def test_dataset_json_bad_geometry_affine(tmp_path):
+    from transunet.data.datasets import load_volume
+
+    root = _dataset(tmp_path, geometry={"c2": {"affine": "eye"}})
+    (root / "test_vol_h5").mkdir()
+    with h5py.File(root / "test_vol_h5" / "c2.npy.h5", "w") as f:
+        f.create_dataset("image", data=np.zeros((2, 3, 3), "f4"))
+        f.create_dataset("label", data=np.zeros((2, 3, 3), "u1"))
+    with pytest.raises(DataError, match="dataset.json"):
+        load_volume(root, "test", "c2")
+
+
 def test_dataset_json_non_utf8(tmp_path):
     from transunet.data.datasets import read_dataset_info
 

@@ -433,7 +433,11 @@ def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path
         image = np.stack([p[0] for p in pairs])
         label = np.stack([p[1] for p in pairs])
     geom = case_geometry(info, case_id)
-    affine = np.asarray(geom["affine"], dtype=np.float64) if geom and "affine" in geom else None
+    try:
+        affine = np.asarray(geom["affine"], dtype=np.float64).reshape(4, 4) if geom and "affine" in geom else None
+    except (TypeError, ValueError):
+        raise DataError(f"{root / 'dataset.json'}: the geometry of {short_repr(case_id)} has no valid 4x4 affine; "
+                        "prepare the dataset again.") from None
     return Volume(case_id=case_id, image=image, label=label, spacing=_case_spacing(info, case_id),
                   affine=affine, class_names=list(info["class_names"]), ignore_label=info.get("ignore_label"))
 
