@@ -153,7 +153,7 @@ def _read_dataset(root: Path) -> object:
             if "not found in dataset" not in str(e):
                 raise
             continue
-        if split != "train" and (root / "test_vol_h5").is_dir():
+        if split != "train" and (root / "dataset.json").is_file():
             for case in cases[:2]:
                 load_volume(root, split, case)
     return info

@@ -29,7 +29,7 @@ _spec.loader.exec_module(fuzz_readers)
 
 TARGETS = ["nifti", "nifti_gz", "npz", "h5", "dataset_json", "list_file", "yaml", "yaml_set", "checkpoint",
            "google_npz"]
-EXAMPLES = int(os.environ.get("TRANSUNET_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("TRANSUNET_FUZZ_EXAMPLES", "40"))
 
 
 @pytest.fixture(scope="module")
