@@ -398,6 +398,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in (data or {}).items():
+        if not isinstance(key, str) or len(key) > 100:
+            raise ConfigError(f"unknown config key {short_repr(key)} under '{prefix.rstrip('.') or 'the top level'}'; "
+                              f"valid keys here: {', '.join(names)}.")
         if key not in names:
             raise ConfigError(
                 f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(names)}."
