@@ -123,6 +123,29 @@ def _gz_file(name: str) -> Callable[[Path, bytes], Path]:
     return write
 
 
+_SPLIT = b"\0--member--\0"
+
+
+def _npz_members(name: str) -> Callable[[Path, bytes], Path]:
+    def write(d: Path, data: bytes) -> Path:  # mutate the .npy members, then zip with valid CRCs
+        import zipfile
+
+        parts = data.split(_SPLIT)
+        p = d / name
+        with zipfile.ZipFile(p, "w") as z:
+            for member, payload in zip(("image.npy", "label.npy"), parts):
+                z.writestr(member, payload)
+        return p
+    return write
+
+
+def _npy_pair(npz: bytes) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(npz)) as z:
+        return z.read("image.npy") + _SPLIT + z.read("label.npy")
+
+
 def _dataset_json(volumes: dict[str, bytes]) -> Callable[[Path, bytes], Path]:
     def write(d: Path, data: bytes) -> Path:  # dataset.json beside the seed's volumes (load_volume reads both)
         root = d / "ds"
@@ -242,6 +265,7 @@ def make_seeds(work: Path) -> dict[str, Any]:
     return {
         "nifti": nii, "nifti_gz": nii,
         "npz": [p.read_bytes() for p in sorted((out / "train_npz").iterdir())[:2]],
+        "npz_members": [_npy_pair(p.read_bytes()) for p in sorted((out / "train_npz").iterdir())[:2]],
         "h5": [p.read_bytes() for p in sorted((out / "test_vol_h5").iterdir())[:1]],
         "dataset_json": [(out / "dataset.json").read_bytes()],
         "volumes": {p.name: p.read_bytes() for p in sorted((out / "test_vol_h5").iterdir())},
@@ -262,6 +286,7 @@ def make_targets(seeds: dict[str, Any]) -> dict[str, Target]:
         Target("nifti", _file("img.nii"), load_nifti, seeds["nifti"]),
         Target("nifti_gz", _gz_file("img.nii.gz"), load_nifti, seeds["nifti_gz"]),
         Target("npz", _file("case0_slice000.npz"), read_npz_slice, seeds["npz"]),
+        Target("npz_members", _npz_members("case0_slice001.npz"), read_npz_slice, seeds["npz_members"]),
         Target("h5", _file("case0.npy.h5"), _read_slice_h5, seeds["h5"]),
         Target("dataset_json", _dataset_json(seeds["volumes"]), _read_dataset, seeds["dataset_json"]),
         Target("list_file", _list_file, _read_dataset, seeds["list_file"]),
