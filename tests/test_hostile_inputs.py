@@ -328,6 +328,15 @@ def test_yaml_non_mapping_sections(tmp_path, text):
         load_config(p)
 
 
+def test_yaml_recursive_alias(tmp_path):
+    from transunet.config import load_config
+
+    p = tmp_path / "rec.yaml"
+    p.write_text("model:\n  args:\n    x: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="rec.yaml.*recursive"):
+        load_config(p)
+
+
 def test_yaml_bad_tagged_value(tmp_path):
     from transunet.config import load_config
 

@@ -456,7 +456,7 @@ YAML_MAX_NODES = 100_000
 YAML_MAX_BYTES = 4 * 2**20
 
 
-def safe_yaml(text: str, where: str) -> Any:
+def safe_yaml(text: str, where: str, fix: str = "fix the file") -> Any:
     """``yaml.safe_load`` bounded in nesting depth and in the size after alias expansion.
 
     A "billion laughs" document (aliases of aliases) or 2000-deep nesting is refused with one
@@ -465,6 +465,7 @@ def safe_yaml(text: str, where: str) -> Any:
     Args:
         text: The YAML text.
         where: What it is (a file name or ``--set key``), for messages.
+        fix: What to do, ending the messages.
     """
     if len(text) > YAML_MAX_BYTES:
         raise ConfigError(f"{where}: {len(text)} characters is too large for a config (limit {YAML_MAX_BYTES}).")
@@ -474,7 +475,7 @@ def safe_yaml(text: str, where: str) -> Any:
             depth += 1
             if depth > YAML_MAX_DEPTH:
                 raise ConfigError(f"{where}: nested more than {YAML_MAX_DEPTH} levels deep; a config is a few "
-                                  "levels of sections and values, fix the file.")
+                                  f"levels of sections and values, {fix}.")
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
     node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -486,7 +487,7 @@ def safe_yaml(text: str, where: str) -> Any:
                 return sizes[id(n)]
             if id(n) in active:
                 raise ConfigError(f"{where}: a YAML alias refers to its own parent (a recursive structure); "
-                                  "fix the file.")
+                                  f"{fix}.")
             total = 1
             if isinstance(n, yaml.SequenceNode):
                 total += sum(size(c, active | {id(n)}) for c in n.value)
@@ -494,7 +495,7 @@ def safe_yaml(text: str, where: str) -> Any:
                 total += sum(size(k, active | {id(n)}) + size(v, active | {id(n)}) for k, v in n.value)
             if total > YAML_MAX_NODES:
                 raise ConfigError(f"{where}: expands to more than {YAML_MAX_NODES} values (YAML aliases of aliases, "
-                                  "a 'billion laughs' document); fix the file.")
+                                  f"a 'billion laughs' document); {fix}.")
             sizes[id(n)] = total
             return total
 
@@ -505,7 +506,7 @@ def safe_yaml(text: str, where: str) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - a tagged value the constructor rejects (!!float 5d-3, !!binary x)
         raise ConfigError(f"{where}: a value cannot be read ({type(e).__name__}: {short_repr(str(e))}); "
-                          "fix the value or remove its !! tag.") from None
+                          "correct the value or remove its !! tag.") from None
 
 
 def yaml_error_text(e: Exception) -> str:
@@ -617,7 +618,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = safe_yaml(raw, f"--set {key[:80]}")
+            value = safe_yaml(raw, f"--set {key[:80]}", "give a plain value")
         except yaml.YAMLError:
             value = raw
         node = data
