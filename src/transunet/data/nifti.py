@@ -11,6 +11,8 @@ affine and header.
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,8 @@ def read_nifti_header(path: str | Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path.")
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():  # our one line replaces nibabel's log of header problems
+            img = nib.load(str(path))
         header = img.header
         shape = tuple(int(v) for v in img.shape)
         dtype = np.dtype(header.get_data_dtype())
@@ -79,6 +82,17 @@ def read_nifti_header(path: str | Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: the header's voxel sizes (pixdim {zooms}) must be finite and positive; fix the "
                         "header or export the image again.")
     return img
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = nib.imageglobals.logger
+    old = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _raw_scaling(header: Any) -> tuple[float, float]:
