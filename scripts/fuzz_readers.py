@@ -166,7 +166,8 @@ def _list_file(d: Path, data: bytes) -> Path:
 
 
 def _read_dataset(root: Path) -> object:
-    from transunet.data.datasets import list_cases, load_volume, read_dataset_info
+    from transunet.data.datasets import case_geometry, list_cases, load_volume, read_dataset_info
+    from transunet.data.nifti import reference_from_geometry
 
     info = read_dataset_info(root)
     for split in ("train", "val", "test"):
@@ -179,6 +180,9 @@ def _read_dataset(root: Path) -> object:
         if split != "train" and (root / "dataset.json").is_file():
             for case in cases[:2]:
                 load_volume(root, split, case)
+                geom = case_geometry(info, case)
+                if geom is not None:  # what evaluate/predict use to write label maps on the source grid
+                    reference_from_geometry(geom, root / "dataset.json")
     return info
 
 

@@ -260,6 +260,17 @@ def test_dataset_json_bad_geometry_affine(tmp_path):
         load_volume(root, "test", "c2")
 
 
+@pytest.mark.parametrize("header", [b"short", b"\0" * 348])
+def test_dataset_json_bad_geometry_header(tmp_path, header):
+    import base64
+
+    from transunet.data.nifti import reference_from_geometry
+
+    geom = {"shape": [3, 3, 2], "affine": np.eye(4).tolist(), "header": base64.b64encode(header).decode()}
+    with pytest.raises(DataError, match="dataset.json"):
+        reference_from_geometry(geom, tmp_path / "dataset.json")
+
+
 def test_dataset_json_non_utf8(tmp_path):
     from transunet.data.datasets import read_dataset_info
 

@@ -233,15 +233,17 @@ def reference_from_geometry(geometry: dict[str, Any], where: Any = "geometry") -
     """
     try:
         shape = tuple(int(v) for v in geometry["shape"])
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape {short_repr(shape)} is not 3 positive sizes")
         affine = np.asarray(geometry["affine"], dtype=np.float64).reshape(4, 4)
-        header = nib.Nifti1Header(binaryblock=base64.b64decode(geometry["header"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{where}: invalid source geometry record ({type(e).__name__}: {e}); "
-                        "prepare the dataset again.") from None
-    dataobj = np.broadcast_to(np.zeros((), np.uint8), shape)  # no memory: only shape, affine and header are used
-    img = nib.Nifti1Image(dataobj, affine, header)
-    img.set_qform(header.get_qform(), code=int(header["qform_code"]))
-    img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+        with _quiet_nibabel():
+            header = nib.Nifti1Header(binaryblock=base64.b64decode(geometry["header"]), check=True)
+            dataobj = np.broadcast_to(np.zeros((), np.uint8), shape)  # no memory: only shape, affine, header used
+            img = nib.Nifti1Image(dataobj, affine, header)
+            img.set_qform(header.get_qform(), code=int(header["qform_code"]))
+            img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for a damaged header record
+        raise DataError(f"{where}: invalid source geometry record ({_why(e)}); prepare the dataset again.") from None
     return img
 
 
