@@ -32,8 +32,9 @@ logits exactly (max |diff| 0.0 in float32 and float64, ``tests/models/test_medt.
 Full size at 224x224, 1 -> 9 classes: ``GatedAxialUNet`` 1,334,697 parameters (= official
 ``gated(img_size=224, imgchan=1, num_classes=9)``), ``MedT`` 1,520,705 (official 1,556,394
 including 35,689 parameters that never touch the output, see below). ``transunet profile`` counts
-the 2D convolutions only (MedT 5.69, GatedAxialUNet 1.29 GFLOPs); ``FlopCounterMode`` with the
-``Conv1d`` qkv projections and the attention products: MedT 7.62 GFLOPs (49 patches; 4.15 with
+the convolutions (2D and the ``Conv1d`` qkv projections) but not the axial attention products
+(MedT 6.28, GatedAxialUNet 1.72 GFLOPs); ``FlopCounterMode`` with the attention products too:
+MedT 7.62 GFLOPs (49 patches; 4.15 with
 ``local_mode="official"``, 16 patches; official code 3.774), GatedAxialUNet 3.32 (official 2.867).
 The difference is the positional logits, computed here as a ``(L, 2L - 1)`` product with every
 relative offset followed by a gather (about twice the official ``(L, L)`` products, but no
