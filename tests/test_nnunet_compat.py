@@ -221,6 +221,16 @@ def test_label_without_image_reported(tmp_path):
         prepare("nnunet", raw, tmp_path / "out")
 
 
+def test_label_without_image_reported_plain_folders(tmp_path):
+    from transunet.data.prepare import prepare
+
+    raw = _nnunet_dataset(tmp_path / "Dataset508_Plain", n=3)
+    lab = raw / "labelsTr" / "case_000.nii.gz"
+    (raw / "labelsTr" / "extra.nii.gz").write_bytes(lab.read_bytes())
+    with pytest.raises(DataError, match=r"extra\.nii\.gz: label without image"):
+        prepare("nifti", raw, tmp_path / "out")
+
+
 # ---------------------------------------------------------------- 6. multi-channel (refused clearly)
 
 

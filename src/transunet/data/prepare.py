@@ -239,6 +239,11 @@ def _discover_nifti(raw: Path) -> list[CaseSpec]:
                             "the image.")
         cid = cands[-1]
         specs.append(CaseSpec(cid, str(p), str(lab), patient=cid))
+    used = {Path(s.label).name for s in specs}
+    for lab in _niftis(ldir):
+        if lab.name not in used:
+            raise DataError(f"{lab}: label without image (expected {idir / lab.name}); add the image or remove the "
+                            "label.")
     return specs
 
 
