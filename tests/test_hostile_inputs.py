@@ -368,8 +368,10 @@ def test_yaml_non_utf8_names_the_file(tmp_path):
         load_config(p)
 
 
-@pytest.mark.parametrize("text", ["train:\n  lr: [" + ", ".join(["1"] * 100000) + "]\n",
-                                  "train:\n  " + "k" * 100000 + ": 1\n", "train:\n  3: 1\n"])
+@pytest.mark.parametrize("text", ["train:\n  lr: [" + ", ".join(["1"] * 5000) + "]\n",
+                                  "train:\n  " + "k" * 100000 + ": 1\n", "train:\n  3: 1\n",
+                                  "train:\n  lr: " + "x" * 100000 + "\n"],
+                         ids=["long_list", "long_key", "int_key", "long_string"])
 def test_config_error_messages_are_bounded(tmp_path, text):
     from transunet.config import load_config
 
@@ -378,16 +380,6 @@ def test_config_error_messages_are_bounded(tmp_path, text):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert len(str(e.value)) < 1000 and "long.yaml" in str(e.value)
-
-
-def test_config_error_message_is_bounded(tmp_path):
-    from transunet.config import load_config
-
-    p = tmp_path / "long.yaml"
-    p.write_text("train:\n  lr: [" + ", ".join(["1"] * 100000) + "]\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(p)
-    assert len(str(e.value)) < 1000
 
 
 # --------------------------------------------------------------------------- checkpoints
