@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("phantom_models"))
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--args", default="{}", help="JSON merged into every model's preset, e.g. '{\"norm\": \"batch\"}'")
+    p.add_argument("--suffix", default="", help="appended to the run names (e.g. _bn for a variant)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -63,21 +65,22 @@ def main() -> None:
         prepare("synapse", raw, data, val_cases=1)
     rows = []
     for name in args.models:
-        preset = PRESETS.get(name, {})
+        preset = {**PRESETS.get(name, {}), **json.loads(args.args)}
+        run_name = f"{name}{args.suffix}"
         size = SIZES.get(name, args.img_size)
         cfg = load_config("demo", [
-            f"name={name}", f"output_dir={args.out / 'runs'}", f"model.name={name}",
+            f"name={run_name}", f"output_dir={args.out / 'runs'}", f"model.name={name}",
             f"model.img_size=[{size},{size}]", f"model.args={json.dumps(preset)}", f"data.root={data}",
             f"train.max_iterations={args.iterations}", f"train.val_every={max(1, args.iterations // 25 // 4)}",
         ])
         t = time.perf_counter()
-        run = train(cfg, resume=(args.out / "runs" / name / "checkpoints" / "last.pt").exists())
+        run = train(cfg, resume=(args.out / "runs" / run_name / "checkpoints" / "last.pt").exists())
         minutes = (time.perf_counter() - t) / 60
         summary = json.loads((evaluate(run, device="cpu") / "summary.json").read_text())
         n = profile_numbers(name, size, 9, 1, args=preset)
         dice = {p: summary["protocols"][p]["mean"]["dice"] for p in summary["protocols"]}
-        rows.append((name, preset, n["parameters"], size, dice["corrected"], dice["official"], minutes))
-        print(f"{name}: mean Dice {dice['corrected']:.4f} (corrected) in {minutes:.1f} min", flush=True)
+        rows.append((run_name, preset, n["parameters"], size, dice["corrected"], dice["official"], minutes))
+        print(f"{run_name}: mean Dice {dice['corrected']:.4f} (corrected) in {minutes:.1f} min", flush=True)
     print(f"\n{args.iterations} iterations of batch 6 each, 12 phantom test cases; intensity-only baseline 0.23\n")
     print("| model | model.args | parameters | input | mean Dice corrected | official | train min |")
     print("|---|---|---:|---|---:|---:|---:|")
