@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--args", default="{}", help="JSON merged into every model's preset, e.g. '{\"norm\": \"batch\"}'")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every model, e.g. train.optimizer=adamw")
     p.add_argument("--suffix", default="", help="appended to the run names (e.g. _bn for a variant)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -72,6 +74,7 @@ def main() -> None:
             f"name={run_name}", f"output_dir={args.out / 'runs'}", f"model.name={name}",
             f"model.img_size=[{size},{size}]", f"model.args={json.dumps(preset)}", f"data.root={data}",
             f"train.max_iterations={args.iterations}", f"train.val_every={max(1, args.iterations // 25 // 4)}",
+            *args.set,
         ])
         t = time.perf_counter()
         run = train(cfg, resume=(args.out / "runs" / run_name / "checkpoints" / "last.pt").exists())
