@@ -253,8 +253,11 @@ def make_seeds(work: Path) -> dict[str, Any]:
     if not out.exists():
         import logging
 
-        logging.disable(logging.INFO)
-        prepare("nifti", raw, out, val_cases=1, normalization="zscore")
+        logging.disable(logging.INFO)  # quiet seeds; restored so that a test process keeps its logging
+        try:
+            prepare("nifti", raw, out, val_cases=1, normalization="zscore")
+        finally:
+            logging.disable(logging.NOTSET)
     nii = []
     for p in sorted((raw / "images").iterdir())[:1] + sorted((raw / "labels").iterdir())[:1]:
         nii.append(nib.load(str(p)).to_bytes())  # uncompressed bytes of what save_like wrote
