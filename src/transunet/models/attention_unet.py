@@ -60,6 +60,7 @@ from transunet.models.base import (
     FeatureInfo,
     SegmentationModel,
     check_args,
+    check_bool,
     check_img_size,
     check_int,
 )
@@ -341,15 +342,6 @@ ATTENTION_UNET_ARGS: dict[str, Any] = {
 }
 
 
-def _check_bool(model: str, name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(  # noqa: TRY004  (the contract: one ValueError per bad argument)
-            f"{name}={value!r} is invalid for {model}: it must be true or false; closest valid: "
-            f"{bool(value) if isinstance(value, (int, float)) else False}."
-        )
-    return value
-
-
 @register_model(name="AttentionUNet")
 def attention_unet(
     num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **args: Any
@@ -393,7 +385,7 @@ def attention_unet(
             f"{', '.join(map(repr, GATE_MODES))}." + did_you_mean(str(mode), GATE_MODES)
         )
     flags = {
-        k: _check_bool(name, k, a[k]) for k in ("is_deconv", "is_batchnorm", "deep_supervision")
+        k: check_bool(name, k, a[k]) for k in ("is_deconv", "is_batchnorm", "deep_supervision")
     }
     size = check_img_size(name, img_size, 16)
     model = AttentionUNet(

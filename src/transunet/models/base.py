@@ -42,8 +42,10 @@ __all__ = [
     "FeatureInfo",
     "SegmentationModel",
     "check_args",
+    "check_bool",
     "check_img_size",
     "check_int",
+    "check_option",
     "check_rate",
 ]
 
@@ -378,6 +380,23 @@ def check_int(model: str, name: str, value: Any, minimum: int = 1) -> int:
         raise ValueError(f"{name}={value!r} is invalid for {model}: it must be an integer >= {minimum}; "
                          f"closest valid: {closest}.")
     return int(value)
+
+
+def check_bool(model: str, name: str, value: Any) -> bool:
+    """A true/false argument (``1``/``"yes"`` refused); ``ValueError`` naming model and argument."""
+    if not isinstance(value, bool):
+        closest = bool(value) if isinstance(value, (int, float)) else False
+        raise ValueError(f"{name}={value!r} is invalid for {model}: it must be true or false; "  # noqa: TRY004
+                         f"closest valid: {closest}.")
+    return value
+
+
+def check_option(model: str, name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of ``choices``; ``ValueError`` naming model, argument, the choices and the closest one."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid for {model}: choose one of "
+                         f"{', '.join(map(repr, choices))}." + did_you_mean(str(value), choices))
+    return str(value)
 
 
 def check_rate(model: str, name: str, value: Any) -> float:

@@ -83,9 +83,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transunet.errors import did_you_mean
 from transunet.layers.deformable_attention import CORRECT_AXES, OFFICIAL_COTR_AXES, MSDeformAttn, reference_points
-from transunet.models.base import FeatureInfo, SegmentationModel, check_args, check_img_size, check_int, check_rate
+from transunet.models.base import (
+    FeatureInfo,
+    SegmentationModel,
+    check_args,
+    check_bool,
+    check_img_size,
+    check_int,
+    check_option,
+    check_rate,
+)
 from transunet.registry import register_model
 from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
@@ -634,22 +642,6 @@ def check_deepest_map(model: str, dims: Sequence[int], spatial_dims: int, what: 
         )
 
 
-def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(
-            f"{name}={value!r} is invalid for CoTr: choose one of {', '.join(map(repr, choices))}."
-            + (did_you_mean(value, choices) if isinstance(value, str) else "")
-        )
-    return str(value)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        msg = f"{name}={value!r} is invalid for CoTr: it must be true or false."
-        raise ValueError(msg)  # noqa: TRY004
-    return value
-
-
 def _int_list(name: str, value: Any, length: int, example: Sequence[int]) -> tuple[int, ...]:
     if (
         isinstance(value, (str, bytes))
@@ -705,8 +697,8 @@ def cotr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
             f"num_heads={heads} is invalid for CoTr: it must divide d_model={d}; closest valid: {closest}."
         )
     a["dropout"] = check_rate(name, "dropout", a["dropout"])
-    a["norm"] = _choice("norm", a["norm"], NORMS)
-    a["act"] = _choice("act", a["act"], ACTS)
+    a["norm"] = check_option("CoTr", "norm", a["norm"], NORMS)
+    a["act"] = check_option("CoTr", "act", a["act"], ACTS)
     if a["norm"] == "group":
         bad = [c for c in (*a["channels"], d) if c % 16]
         if bad:
@@ -715,11 +707,11 @@ def cotr(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
                 f"16; closest valid width: {max(16, round(bad[0] / 16) * 16)}."
             )
     for k in ("weight_std", "deep_supervision"):
-        a[k] = _bool(k, a[k])
-    a["reference_order"] = _choice(
-        "reference_order", a["reference_order"] or ("official" if sd == 3 else "corrected"), REFERENCE_ORDERS
-    )
-    a["pos_rule"] = _choice("pos_rule", a["pos_rule"] or ("cotr" if sd == 3 else "detr"), POS_RULES)
+        a[k] = check_bool("CoTr", k, a[k])
+    default_order = "official" if sd == 3 else "corrected"
+    a["reference_order"] = check_option("CoTr", "reference_order", a["reference_order"] or default_order,
+                                        REFERENCE_ORDERS)
+    a["pos_rule"] = check_option("CoTr", "pos_rule", a["pos_rule"] or ("cotr" if sd == 3 else "detr"), POS_RULES)
     model = CoTr(num_classes=num_classes, in_channels=in_channels, img_size=size, **a)
     model.model_kwargs = {"num_classes": num_classes, "in_channels": in_channels, "img_size": size, **a}
     return model

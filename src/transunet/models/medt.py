@@ -90,9 +90,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transunet.errors import CheckpointError, did_you_mean
+from transunet.errors import CheckpointError
 from transunet.layers.axial_attention import AXIAL_VARIANTS, GATE_INIT, AxialAttention
-from transunet.models.base import FeatureInfo, SegmentationModel, check_args, check_img_size, check_int
+from transunet.models.base import FeatureInfo, SegmentationModel, check_args, check_img_size, check_int, check_option
 from transunet.registry import register_model
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
@@ -540,15 +540,6 @@ def _check_widths(name: str, a: dict[str, Any]) -> tuple[float, int, tuple[int, 
     return float(s), groups, tuple(check_int(name, "layers", v) for v in layers)
 
 
-def _check_choice(name: str, arg: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(
-            f"{arg}={value!r} is invalid for {name}: choose one of {', '.join(map(repr, choices))}."
-            + did_you_mean(str(value), choices)
-        )
-    return str(value)
-
-
 def _build_unet(
     name: str, attention: str, num_classes: int, in_channels: int, img_size: int | Sequence[int], args: dict[str, Any]
 ) -> AxialAttentionUNet:
@@ -639,13 +630,13 @@ def medt(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[in
             f"patch_size={patch} is invalid for {name}: the local network needs multiples of "
             f"{OFFICIAL_PATCH}; closest valid: {max(1, round(patch / OFFICIAL_PATCH)) * OFFICIAL_PATCH}."
         )
-    mode = _check_choice(name, "local_mode", a["local_mode"], LOCAL_MODES)
+    mode = check_option(name, "local_mode", a["local_mode"], LOCAL_MODES)
     if not isinstance(a["patch_batch"], bool):
         raise ValueError(
             f"patch_batch={a['patch_batch']!r} is invalid for {name}: it must be true or false; closest valid: true."
         )
-    glob = _check_choice(name, "global_attention", a["global_attention"], AXIAL_VARIANTS)
-    loc = _check_choice(name, "local_attention", a["local_attention"], AXIAL_VARIANTS)
+    glob = check_option(name, "global_attention", a["global_attention"], AXIAL_VARIANTS)
+    loc = check_option(name, "local_attention", a["local_attention"], AXIAL_VARIANTS)
     if mode == "tile":
         size = check_img_size(name, img_size, patch)
     else:

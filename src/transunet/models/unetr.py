@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transunet.errors import CheckpointError, did_you_mean
+from transunet.errors import CheckpointError
 from transunet.layers.attention import ATTN_IMPLS, Attention
 from transunet.layers.mlp import Mlp
 from transunet.layers.pos_embed import resize_pos_embed
@@ -69,8 +69,10 @@ from transunet.models.base import (
     FeatureInfo,
     SegmentationModel,
     check_args,
+    check_bool,
     check_img_size,
     check_int,
+    check_option,
     check_rate,
 )
 from transunet.registry import register_model
@@ -846,22 +848,6 @@ UNETR_ARGS: dict[str, Any] = {
 }
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(
-            f"{name}={value!r} is invalid for UNETR: choose one of {', '.join(map(repr, choices))}."
-            + (did_you_mean(value, choices) if isinstance(value, str) else "")
-        )
-    return str(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        msg = f"{name}={value!r} is invalid for UNETR: it must be true or false."
-        raise ValueError(msg)  # noqa: TRY004
-    return value
-
-
 @register_model(name="UNETR")
 def unetr(
     num_classes: int = 9, in_channels: int = 1, img_size: int | Sequence[int] = 224, **kwargs: Any
@@ -902,11 +888,11 @@ def unetr(
             f"num_heads={a['num_heads']} is invalid for UNETR: it must divide hidden_size="
             f"{a['hidden_size']}; closest valid: {closest}."
         )
-    a["proj_type"] = _check_choice("proj_type", a["proj_type"], PROJ_TYPES)
-    a["norm_name"] = _check_choice("norm_name", a["norm_name"], NORM_NAMES)
-    a["attn_impl"] = _check_choice("attn_impl", a["attn_impl"], ATTN_IMPLS)
+    a["proj_type"] = check_option("UNETR", "proj_type", a["proj_type"], PROJ_TYPES)
+    a["norm_name"] = check_option("UNETR", "norm_name", a["norm_name"], NORM_NAMES)
+    a["attn_impl"] = check_option("UNETR", "attn_impl", a["attn_impl"], ATTN_IMPLS)
     for k in ("conv_block", "res_block", "qkv_bias"):
-        a[k] = _check_bool(k, a[k])
+        a[k] = check_bool("UNETR", k, a[k])
     a["dropout_rate"] = check_rate(name, "dropout_rate", a["dropout_rate"])
     model = UNETR(num_classes=num_classes, in_channels=in_channels, img_size=size, **a)
     model.model_kwargs = {
