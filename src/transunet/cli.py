@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from transunet.infer import Predictor
 
     ckpt_path, run_root = resolve_checkpoint(args.run)
-    predictor = Predictor.from_checkpoint(ckpt_path, device=args.device or "auto")
+    predictor = Predictor.from_checkpoint(ckpt_path, device=args.device or "auto", **_speed_options(args))
     out = evaluate(args.run, data=args.data, split=args.split, protocol=args.protocol,
                    out_dir=args.out, device=args.device or "auto", save_predictions=args.save_predictions,
                    tta=args.tta, force_tta=args.force_tta, predictor=predictor, overwrite=args.overwrite)
@@ -183,10 +183,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from transunet.infer import predict_path
+def _speed_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Predictor.from_checkpoint`` options of ``--precision``, ``--compile`` and ``--no-fast``."""
+    return {"precision": args.precision, "compile": True if args.compile else None,
+            "fast": False if args.no_fast else None}
 
-    outs = predict_path(args.checkpoint, args.input, args.output, device=args.device or "auto",
+
+def _add_speed_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="compute precision (default: the checkpoint config's eval.precision, else fp32); "
+                        "bf16 on CPUs with bf16 support and GPUs, fp16 on GPUs")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first batch compiles for about a minute; pays on long runs)")
+    s.add_argument("--no-fast", action="store_true",
+                   help="run the plain model (no BatchNorm folding, frozen kernels or oneDNN linear layers)")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from transunet.infer import Predictor, predict_path
+
+    checkpoint: Any = args.checkpoint
+    if any(v is not None for v in _speed_options(args).values()):
+        checkpoint = Predictor.from_checkpoint(args.checkpoint, device=args.device or "auto", **_speed_options(args))
+    outs = predict_path(checkpoint, args.input, args.output, device=args.device or "auto",
                         tta=args.tta, force_tta=args.force_tta, save_probabilities=args.probabilities,
                         overwrite=args.overwrite)
     print(f"wrote {len(outs)} prediction(s) to {args.output}")
@@ -346,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", action="store_true", help="skip the HTML report")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an earlier evaluation of this split (or of --out DIR) and its report")
+    _add_speed_args(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="segment NIfTI file(s) with a checkpoint")
@@ -361,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tta: use both flips even if the model was not trained with them")
     s.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the input)")
+    _add_speed_args(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("report", help="HTML + PNG report of a run (tables, curves, overlays, attention)")

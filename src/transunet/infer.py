@@ -115,6 +115,23 @@ def predict_volume(
 
 # ----------------------------------------------------------------------------- Predictor
 
+#: Inference precisions and their dtypes (``fp32``: none).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of an inference precision on ``device``.
+
+    Raises:
+        ConfigError: An unknown precision, or fp16 on a CPU (no fast fp16 kernels there).
+    """
+    from transunet.errors import ConfigError, check_choice
+
+    check_choice("precision", precision, tuple(PRECISIONS))
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("precision 'fp16' has no fast CPU kernels; use 'bf16' on a CPU (or fp16 on a GPU).")
+    return PRECISIONS[precision]
+
 
 class Predictor:
     """A model ready to segment volumes: built once per command, used by every stage.
@@ -124,18 +141,27 @@ class Predictor:
         img_size: Network input ``(h, w)``; default ``model.img_size``.
         device: Device of the model.
         batch_size: Slices per forward pass.
-        amp_dtype: Autocast dtype or ``None`` (fp32).
+        amp_dtype: Compute dtype (``torch.bfloat16``, ``torch.float16``) or ``None`` (fp32). With
+            ``fast`` the inference copy is converted to it (no per-call casts); without, autocast.
         checkpoint: The checkpoint dict the model came from (config, preprocessing), if any.
         path: Its file.
+        fast: Predict with :meth:`~transunet.models.base.SegmentationModel.for_inference`'s copy
+            (exact fast paths: frozen kernels, BatchNorm folding, oneDNN linear layers); rebuilt
+            when the model's weights change (validation during training). ``False``: the model itself.
+        compile: Also ``torch.compile`` that copy (pays for long evaluations; the first batch
+            compiles for about a minute on a CPU).
+        channels_last: Channels-last activations in that copy.
 
     Attributes:
-        model, img_size, device, batch_size, amp_dtype, checkpoint, path: As given.
+        model, img_size, device, batch_size, amp_dtype, checkpoint, path, fast, compile,
+        channels_last: As given.
     """
 
     def __init__(self, model: nn.Module, img_size: Sequence[int] | None = None, *,
                  device: str | torch.device = "cpu", batch_size: int = 16,
                  amp_dtype: torch.dtype | None = None, checkpoint: dict[str, Any] | None = None,
-                 path: str | Path | None = None) -> None:
+                 path: str | Path | None = None, fast: bool = True, compile: bool = False,
+                 channels_last: bool = False) -> None:
         from transunet.utils import as_pair
 
         self.model = model
@@ -150,10 +176,34 @@ class Predictor:
         self.amp_dtype = amp_dtype
         self.checkpoint = checkpoint or {}
         self.path = Path(path) if path is not None else None
+        self.fast = bool(fast)
+        self.compile = bool(compile)
+        self.channels_last = bool(channels_last)
+        self._runner: tuple[tuple[int, ...], nn.Module] | None = None
+
+    def _weights_key(self) -> tuple[int, ...]:
+        """Changes whenever a parameter or buffer of the model is updated in place (or replaced)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return (id(self.model), len(tensors), sum(t._version for t in tensors), sum(id(t) for t in tensors))
+
+    @property
+    def runner(self) -> nn.Module:
+        """The module that predicts: the model's inference copy (``fast``/``compile``), else the model."""
+        from transunet.models.base import SegmentationModel
+
+        if not (self.fast or self.compile) or not isinstance(self.model, SegmentationModel):
+            return self.model
+        key = self._weights_key()
+        if self._runner is None or self._runner[0] != key:
+            runner = self.model.for_inference(dtype=self.amp_dtype, fast=self.fast, compile=self.compile,
+                                              channels_last=self.channels_last)
+            self._runner = (key, runner)
+        return self._runner[1]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
-                        batch_size: int | None = None) -> Predictor:
+                        batch_size: int | None = None, *, precision: str | None = None,
+                        fast: bool | None = None, compile: bool | None = None) -> Predictor:
         """Read a checkpoint once and rebuild its model in eval mode on ``device``.
 
         Args:
@@ -161,6 +211,9 @@ class Predictor:
                 (its ``best.pt``, else ``last.pt``; the file used is logged).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
             batch_size: Slices per forward pass (default: the config's ``eval.batch_size`` or 16).
+            precision: ``fp32``, ``bf16`` or ``fp16`` (default: the config's ``eval.precision`` or fp32).
+            fast: Exact fast paths (default: the config's ``eval.fast`` or ``True``).
+            compile: ``torch.compile`` the inference copy (default: the config's ``eval.compile`` or ``False``).
         """
         from transunet.checkpoint import checkpoint_img_size, model_from_checkpoint, resolve_checkpoint
         from transunet.utils import resolve_device
@@ -168,10 +221,14 @@ class Predictor:
         path = resolve_checkpoint(path)[0]
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         model, ckpt = model_from_checkpoint(path, device=dev)
+        ev = ((ckpt.get("config") or {}).get("eval") or {}) if isinstance(ckpt.get("config"), dict) else {}
         if batch_size is None:
-            batch_size = int(((ckpt.get("config") or {}).get("eval") or {}).get("batch_size", 16))
+            batch_size = int(ev.get("batch_size", 16))
+        precision = precision if precision is not None else str(ev.get("precision", "fp32"))
         return cls(model, checkpoint_img_size(ckpt, path), device=dev, batch_size=batch_size,
-                   checkpoint=ckpt, path=path)
+                   checkpoint=ckpt, path=path, amp_dtype=precision_dtype(precision, dev),
+                   fast=bool(ev.get("fast", True)) if fast is None else fast,
+                   compile=bool(ev.get("compile", False)) if compile is None else compile)
 
     @property
     def model_name(self) -> str:
@@ -238,9 +295,10 @@ class Predictor:
             tta: ``True`` for both flips, or the flip dims (e.g. from :meth:`tta_flips`).
             return_probabilities: Also return ``(K, S, H, W)`` class probabilities.
         """
-        return predict_volume(self.model, image, self.img_size, batch_size=self.batch_size,
+        runner = self.runner
+        return predict_volume(runner, image, self.img_size, batch_size=self.batch_size,
                               device=self.device, tta=tta, return_probabilities=return_probabilities,
-                              amp_dtype=self.amp_dtype)
+                              amp_dtype=None if runner is not self.model else self.amp_dtype)
 
 
 # ----------------------------------------------------------------------------- NIfTI prediction

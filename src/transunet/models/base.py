@@ -23,6 +23,7 @@ registry fills :attr:`model_name` and :attr:`model_kwargs`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +34,14 @@ import torch
 from torch import nn
 
 from transunet.errors import CheckpointError, did_you_mean
+from transunet.layers.fast import (
+    InferenceModel,
+    checkpoint_blocks,
+    find_blocks,
+    fold_batchnorm,
+    freeze_kernels,
+    use_onednn_linear,
+)
 from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
@@ -230,6 +239,67 @@ class SegmentationModel(nn.Module):
         for pname, p in self.named_parameters():
             groups.setdefault(self.part_of(pname), []).append(p)
         return OrderedDict((k, v) for k, v in groups.items() if v)
+
+    # ------------------------------------------------------------------ execution fast paths
+
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """The blocks recomputed in the backward pass under activation checkpointing.
+
+        Default: :func:`transunet.layers.fast.find_blocks` (transformer layers, residual units,
+        decoder blocks: the elements of the innermost block lists). A model whose blocks are not in
+        lists overrides this.
+        """
+        return find_blocks(self)
+
+    def set_checkpointing(self, enable: bool = True) -> int:
+        """Turn activation checkpointing of :meth:`checkpoint_blocks` on or off (in place).
+
+        Training keeps only each block's input and recomputes the rest in the backward pass: less
+        memory, about one more forward pass of time, the same gradients. State-dict keys stay.
+
+        Returns:
+            The number of blocks changed.
+        """
+        return checkpoint_blocks(self, enable, self.checkpoint_blocks() if enable else None)
+
+    def use_fast_kernels(self, enable: bool = True) -> int:
+        """Run float32 CPU linear layers through oneDNN in both passes (in place; see
+        :mod:`transunet.layers.fast`). Parameters and state-dict keys stay.
+
+        Returns:
+            The number of linear layers changed.
+        """
+        return use_onednn_linear(self, enable)
+
+    def for_inference(self, *, dtype: torch.dtype | None = None, channels_last: bool = False,
+                      compile: bool = False, fast: bool = True) -> InferenceModel:
+        """A copy of the model prepared for inference only (this model is left unchanged).
+
+        Args:
+            dtype: ``torch.bfloat16`` / ``torch.float16`` to compute in that precision (weights
+                converted once, input cast, logits returned as float32); ``None``: float32.
+            channels_last: Store 4D activations channels-last.
+            compile: ``torch.compile`` (Inductor, with weight freezing) on the first call; later
+                calls with a smaller batch are padded to the first batch's size so nothing recompiles.
+            fast: The exact fast paths: kernels of weight-standardized / folded convolutions
+                computed once, BatchNorm folded into the preceding convolution, oneDNN linear
+                layers (float32 CPU). Float32 logits stay within 1e-4 of this model's.
+
+        Returns:
+            An :class:`InferenceModel` in eval mode, ``(B, C, H, W) -> (B, K, H, W)`` float32 logits.
+        """
+        model = copy.deepcopy(self).eval()
+        model.requires_grad_(False)
+        if fast:
+            freeze_kernels(model)
+            fold_batchnorm(model)
+            use_onednn_linear(model)
+        if dtype is not None:
+            model = model.to(dtype)
+        if channels_last and self.spatial_dims == 2:
+            model = model.to(memory_format=torch.channels_last)
+        return InferenceModel(model, dtype=dtype, channels_last=channels_last and self.spatial_dims == 2,
+                              compile=compile).eval()
 
     # ------------------------------------------------------------------ attention
 

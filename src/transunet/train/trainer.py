@@ -299,6 +299,24 @@ def _wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     return DistributedDataParallel(model)
 
 
+def _apply_fast_paths(model: nn.Module, cfg: ExperimentConfig) -> None:
+    """``train.fast_kernels`` and ``train.checkpointing`` through the model contract (in place)."""
+    from transunet.models.base import SegmentationModel
+
+    if not isinstance(model, SegmentationModel):
+        return
+    if cfg.train.fast_kernels:
+        n = model.use_fast_kernels()
+        log.debug("oneDNN linear layers: %d", n)
+    if cfg.train.checkpointing:
+        n = model.set_checkpointing()
+        if n == 0:
+            log.warning("train.checkpointing: %s declares no blocks to checkpoint (checkpoint_blocks() is "
+                        "empty); training uses the usual memory", cfg.model.name)
+        else:
+            log.info("activation checkpointing of %d blocks", n)
+
+
 def _model_kwargs(cfg: ExperimentConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """``create_model`` kwargs: the model's own record when it keeps one, else the config's."""
     own = getattr(model, "model_kwargs", None)
@@ -352,6 +370,7 @@ class Trainer:
         configure_determinism(cfg.train.deterministic)
         self.model: nn.Module = create_model(cfg.model.name, **_model_kwargs(cfg))
         self.model_name = str(getattr(self.model, "model_name", cfg.model.name))
+        _apply_fast_paths(self.model, cfg)
         if cfg.train.freeze_epochs > 0:
             groups = _param_groups(self.model)
             if not groups.get(cfg.train.freeze_group):
@@ -494,6 +513,8 @@ class Trainer:
                      "frozen" if stage == 1 else "trainable", n,
                      1.0 if stage == 1 else self.schedule.stage2_lr_scale)
         self.ddp_model = _wrap(self.model, self.info)  # DDP must see the current requires_grad
+        if self.cfg.train.compile:
+            self.ddp_model = torch.compile(self.ddp_model)  # recompiled per stage (requires_grad changed)
         self._stage = stage
 
     def _prepare_epoch(self, epoch: int) -> None:

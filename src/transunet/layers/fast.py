@@ -1,0 +1,416 @@
+"""Execution fast paths that keep the computation: oneDNN linear layers and Conv+BatchNorm folding.
+
+Both are applied to any :class:`torch.nn.Module` by walking its submodules, so every architecture
+gets them through the model contract (:meth:`transunet.models.base.SegmentationModel.accelerate`)
+without code of its own.
+
+* **oneDNN linear** (:class:`FastLinear`, :func:`use_onednn_linear`). On CPU, PyTorch runs a
+  float32 ``nn.Linear`` through MKL's GEMM; oneDNN's matmul (the library that already runs the
+  convolutions) reaches about twice MKL's rate on the transformer shapes of this family on AMD
+  CPUs (measured by ``benchmarks/bench_speed.py --gemm``). :class:`FastLinear` sends float32 CPU
+  inputs through ``torch.ops.mkldnn._linear_pointwise`` in the forward *and* in the backward pass
+  (``grad_x = g @ W``, ``grad_W = g^T @ x``, ``grad_b = sum g``), and everything else (GPU
+  tensors, autocast, other dtypes, a PyTorch without the op) through ``F.linear``. The module
+  swap keeps the parameters, their names and the optimizer state: a checkpoint saved from a
+  swapped model loads into a plain one and vice versa.
+* **Conv+BatchNorm folding** (:func:`fold_batchnorm`, inference only). ``BatchNorm`` in eval mode
+  is an affine map per channel, so ``bn(conv(x)) == conv'(x)`` with ``W' = W * g / s`` and
+  ``b' = (b - mu) * g / s + beta`` (``s = sqrt(var + eps)``). The fold removes one full pass over
+  every normalised activation. It is applied to a convolution directly followed by its
+  ``BatchNorm`` inside an ``nn.Sequential`` (the ``Conv -> BN -> ReLU`` blocks of every model
+  here); the ``BatchNorm`` becomes ``nn.Identity``.
+
+Neither changes the result beyond float32 rounding (the tests assert ``<= 1e-4`` on logits).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transunet.layers.std_conv import FoldConv2d, StdConv2d
+
+__all__ = ["FastLinear", "InferenceModel", "checkpoint_blocks", "find_blocks", "fold_batchnorm", "freeze_kernels",
+           "linear", "onednn_mm", "onednn_linear_available", "use_onednn_linear"]
+
+log = logging.getLogger(__name__)
+
+
+def _probe_onednn_linear() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4)
+        return bool(torch.equal(op(x, w, b, "none", [], ""), torch.full((2, 4), 3.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):  # op missing, or no oneDNN kernel here
+        return False
+
+
+_ONEDNN_LINEAR = _probe_onednn_linear()  # probed once at import (a 2x3 product), constant for torch.compile
+
+
+def onednn_linear_available() -> bool:
+    """Whether this PyTorch build runs ``mkldnn._linear_pointwise`` on this CPU."""
+    return _ONEDNN_LINEAR
+
+
+@torch.library.custom_op("transunet::onednn_mm", mutates_args=())
+def onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``a @ b_t.T + bias`` through oneDNN (``a (M, K)``, ``b_t (N, K)``, ``bias (N,)`` or ``None``).
+
+    A custom operator, so autograd uses the oneDNN backward below and ``torch.compile`` keeps it
+    as one opaque call (Inductor would otherwise require a constant weight).
+    """
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b_t.contiguous(), bias, "none", [], "")
+
+
+@onednn_mm.register_fake
+def _onednn_mm_fake(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return a.new_empty((a.shape[0], b_t.shape[0]))
+
+
+def _onednn_mm_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    a, b_t, bias = inputs
+    ctx.save_for_backward(a, b_t)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_mm_backward(ctx, grad: torch.Tensor):
+    a, b_t = ctx.saved_tensors
+    ga = gb = gbias = None
+    if ctx.needs_input_grad[0]:
+        ga = onednn_mm(grad, b_t.t(), None)  # (M, K) = g @ W
+    if ctx.needs_input_grad[1]:
+        gb = onednn_mm(grad.t(), a.t(), None)  # (N, K) = g^T @ x
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gbias = grad.sum(0)
+    return ga, gb, gbias
+
+
+onednn_mm.register_autograd(_onednn_mm_backward, setup_context=_onednn_mm_setup)
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.dim() >= 2 and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+            and _ONEDNN_LINEAR)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through oneDNN for float32 CPU tensors outside autocast (see the module docstring).
+
+    Args:
+        x: ``(..., in_features)``.
+        weight: ``(out_features, in_features)``.
+        bias: ``(out_features,)`` or ``None``.
+
+    Returns:
+        ``(..., out_features)``.
+    """
+    if _use_onednn(x, weight):
+        y = onednn_mm(x.reshape(-1, x.shape[-1]), weight, bias)  # (M, N)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class FastLinear(nn.Linear):
+    """``nn.Linear`` computed by :func:`linear`; same parameters and state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``(..., in_features)``."""
+        return linear(x, self.weight, self.bias)
+
+
+def use_onednn_linear(module: nn.Module, enable: bool = True) -> int:
+    """Make every ``nn.Linear`` in ``module`` a :class:`FastLinear` (or back, ``enable=False``).
+
+    The swap changes the class only: parameters, buffers, hooks and state-dict keys stay.
+
+    Args:
+        module: Any module (changed in place).
+        enable: ``True`` to swap in :class:`FastLinear`, ``False`` to restore ``nn.Linear``.
+
+    Returns:
+        The number of layers changed.
+    """
+    n = 0
+    for m in module.modules():
+        if enable and type(m) is nn.Linear:
+            m.__class__ = FastLinear
+            n += 1
+        elif not enable and type(m) is FastLinear:
+            m.__class__ = nn.Linear
+            n += 1
+    return n
+
+
+def _foldable_conv(m: nn.Module) -> bool:
+    """A convolution whose output scales with its kernel per output channel (not StdConv2d, which
+    re-standardizes its kernel on every call; :func:`freeze_kernels` turns it into a plain one)."""
+    if isinstance(m, StdConv2d):
+        return False
+    return type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) or isinstance(m, FoldConv2d)
+
+
+@torch.no_grad()
+def freeze_kernels(module: nn.Module) -> int:
+    """Replace each :class:`~transunet.layers.std_conv.FoldConv2d` (and so ``StdConv2d``) by a plain
+    ``nn.Conv2d`` holding its effective kernel, computed once (inference only, in place).
+
+    Weight standardization and channel folding recompute the kernel from the stored weight on
+    every call; the result is the same tensor each time in inference, so computing it once gives
+    bit-identical outputs (the same ops on the same weight) without the per-call work.
+
+    Args:
+        module: A module; its kernels must not change afterwards (use a copy for inference).
+
+    Returns:
+        The number of convolutions frozen.
+    """
+    n = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, FoldConv2d):
+                w = child.effective_weight().detach().clone()
+                conv = nn.Conv2d(w.shape[1] * child.groups, child.out_channels, child.kernel_size,
+                                 stride=child.stride, padding=child.padding, dilation=child.dilation,
+                                 groups=child.groups, bias=child.bias is not None, padding_mode=child.padding_mode,
+                                 device=w.device, dtype=w.dtype)
+                conv.weight.copy_(w)
+                if child.bias is not None:
+                    conv.bias.copy_(child.bias)
+                conv.requires_grad_(False)
+                conv.train(child.training)
+                parent._modules[name] = conv
+                n += 1
+    return n
+
+
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def _fold_pair(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    w = conv.weight
+    conv.weight.copy_(w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype))
+    b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    new_b = ((b - bn.running_mean) * scale + shift).to(w.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_b, requires_grad=False)
+    else:
+        conv.bias.copy_(new_b)
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold each ``BatchNorm`` that directly follows a convolution in an ``nn.Sequential`` (in place).
+
+    For inference only: the model must be in eval mode (running statistics), and training the
+    folded model is not the same as training the original. Call it on a copy
+    (:meth:`~transunet.models.base.SegmentationModel.accelerate` does).
+
+    Args:
+        module: A module in eval mode.
+
+    Returns:
+        The number of BatchNorm layers folded.
+
+    Raises:
+        ValueError: If ``module`` is in training mode.
+    """
+    if module.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (BatchNorm running statistics); call .eval().")
+    n = 0
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (_foldable_conv(conv) and isinstance(bn, _BNS) and bn.track_running_stats
+                    and bn.running_mean is not None and conv.out_channels == bn.num_features
+                    and not conv._forward_hooks and not bn._forward_pre_hooks):
+                _fold_pair(conv, bn)
+                seq._modules[b] = nn.Identity()
+                n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- activation checkpointing
+
+
+def _n_param_layers(m: nn.Module) -> int:
+    return sum(1 for c in m.modules() if not c._modules and any(True for _ in c.parameters(recurse=False)))
+
+
+def find_blocks(module: nn.Module, min_layers: int = 2) -> list[nn.Module]:
+    """The repeated blocks of a network: the elements of its innermost block lists.
+
+    A *block list* is an ``nn.ModuleList`` or ``nn.Sequential`` with an element holding at least
+    ``min_layers`` parametrised layers (a transformer layer, a residual unit, a decoder block; not
+    a ``Conv -> BN -> ReLU`` triple of single layers). Where a block list holds block lists (a
+    ResNet stage of units, a Swin stage of blocks), the inner elements are taken, so each block
+    recomputed in the backward pass is as small as the architecture's own unit.
+
+    Args:
+        module: The network.
+        min_layers: Parametrised layers an element needs to count as a block.
+
+    Returns:
+        The blocks, in module order.
+    """
+    def is_block_list(m: nn.Module) -> bool:
+        return isinstance(m, (nn.ModuleList, nn.Sequential)) and any(
+            _n_param_layers(c) >= min_layers for c in m.children())
+
+    blocks: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        if is_block_list(m):
+            for c in m.children():
+                inner = [d for d in c.modules() if is_block_list(d)]
+                if _n_param_layers(c) >= min_layers and not inner:
+                    blocks.append(c)
+                else:
+                    visit(c)
+        else:
+            for c in m.children():
+                visit(c)
+
+    visit(module)
+    return blocks
+
+
+class _NoStatUpdates:
+    """During the recomputation of a checkpointed block, BatchNorm layers in training mode compute
+    exactly as before (same ops, so the same saved tensors) but their running statistics are put
+    back afterwards: they are updated once per step, as without checkpointing."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and m.training and m.track_running_stats]
+        self.saved: list[list[torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                      for m in self.bns]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.bns, self.saved):
+                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+                for b, v in zip(live, saved):
+                    b.copy_(v)
+
+
+def _checkpointed_forward(self: nn.Module, *args: object, **kwargs: object) -> object:
+    base = type(self).__mro__[1]
+    if not (self.training and torch.is_grad_enabled()):
+        return base.forward(self, *args, **kwargs)
+    calls = [0]
+
+    def run(*a: object, **k: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            return base.forward(self, *a, **k)
+        with _NoStatUpdates(self):  # the recomputation in the backward pass
+            return base.forward(self, *a, **k)
+
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+
+
+_CKPT_CLASSES: dict[type, type] = {}
+
+
+def checkpoint_blocks(module: nn.Module, enable: bool = True, blocks: list[nn.Module] | None = None) -> int:
+    """Activation checkpointing: recompute each block's activations in the backward pass (in place).
+
+    Only the block inputs are kept during the forward pass; the gradients are the same (dropout
+    masks are replayed from the saved RNG state, BatchNorm running statistics are updated once).
+    The swap changes classes only, so state-dict keys stay.
+
+    Args:
+        module: The network.
+        enable: ``True`` to checkpoint, ``False`` to undo.
+        blocks: The blocks (default :func:`find_blocks`).
+
+    Returns:
+        The number of blocks changed.
+    """
+    n = 0
+    if not enable:
+        for m in module.modules():
+            if type(m) in _CKPT_CLASSES.values():
+                m.__class__ = type(m).__mro__[1]
+                n += 1
+        return n
+    for m in (blocks if blocks is not None else find_blocks(module)):
+        cls = type(m)
+        if cls in _CKPT_CLASSES.values():
+            continue
+        if cls not in _CKPT_CLASSES:
+            _CKPT_CLASSES[cls] = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": _checkpointed_forward})
+        m.__class__ = _CKPT_CLASSES[cls]
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- inference wrapper
+
+
+class InferenceModel(nn.Module):
+    """A model prepared for inference: casts the input, optionally compiled, float32 logits out.
+
+    Built by :meth:`transunet.models.base.SegmentationModel.for_inference`; callable like the model.
+
+    Args:
+        model: The prepared model (eval mode, already converted to ``dtype``).
+        dtype: Compute dtype of the model (``None``: float32).
+        channels_last: Feed the input channels-last.
+        compile: Compile with ``torch.compile`` (Inductor, weight freezing) on the first call.
+
+    Attributes:
+        model: The prepared model (its attributes, e.g. ``num_classes``, are reachable here too).
+    """
+
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.compiled = torch.compile(model, dynamic=False) if compile else None
+        self._batch: int | None = None
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` float32 for ``x (B, C, H, W)``."""
+        if self.dtype is not None:
+            x = x.to(self.dtype)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.compiled is None:
+            return self.model(x).float()
+        n = x.shape[0]
+        if self._batch is None:
+            self._batch = n
+        if n < self._batch:  # pad, so the compiled graph of the first batch size is reused
+            x = torch.cat([x, x.new_zeros((self._batch - n, *x.shape[1:]))])
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            out = self.compiled(x) if n <= self._batch else self.model(x)
+        return out[:n].float()

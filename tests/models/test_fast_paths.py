@@ -1,0 +1,197 @@
+"""The execution fast paths keep the computation, for every registered model (``layers/fast.py``).
+
+* ``for_inference()`` (frozen kernels, BatchNorm folding, oneDNN linear): float32 logits within
+  1e-4 of the plain eval model, with non-trivial BatchNorm statistics;
+* ``use_fast_kernels()`` (oneDNN linear in training): same loss and gradients as ``F.linear``;
+* ``set_checkpointing()``: same gradients (dropout replayed) and BatchNorm running statistics
+  updated once, not twice;
+* bf16 inference: logits close, labels nearly all equal;
+* the Predictor rebuilds its inference copy when the weights change (validation in training).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.models.test_contract import NAMES, build, tiny
+from transunet.layers.fast import (
+    FastLinear,
+    InferenceModel,
+    find_blocks,
+    fold_batchnorm,
+    freeze_kernels,
+    linear,
+    onednn_linear_available,
+)
+
+
+def _randomize_norm_stats(model: nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh model has mean 0, var 1)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_for_inference_keeps_logits(name: str) -> None:
+    size = tiny(name)[1][0]
+    model = build(name, size).eval()
+    _randomize_norm_stats(model)
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        ref = model(x)
+    fast = model.for_inference()
+    assert isinstance(fast, InferenceModel) and not fast.training
+    out = fast(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # the original model is untouched (still its own classes, still BatchNorm)
+    assert not any(isinstance(m, FastLinear) for m in model.modules())
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    n_bn_fast = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fast.modules())
+    assert n_bn_fast <= n_bn
+
+
+def test_fold_batchnorm_counts_and_refuses_training_mode() -> None:
+    seq = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    _randomize_norm_stats(seq)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(seq)
+    seq.eval()
+    x = torch.randn(3, 2, 8, 8)
+    ref = seq(x)
+    assert fold_batchnorm(seq) == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in seq.modules())
+    torch.testing.assert_close(seq(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_kernels_is_bit_exact_for_std_conv() -> None:
+    model = build("R50-ViT-B_16", (32, 32)).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        frozen = copy.deepcopy(model)
+        n = freeze_kernels(frozen)
+        assert n > 0
+        assert torch.equal(frozen(x), ref)  # the same ops on the same weights
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch has no oneDNN linear kernel")
+@pytest.mark.parametrize("shape,bias", [((7, 16), True), ((2, 5, 16), False), ((3, 1, 4, 16), True)])
+def test_onednn_linear_forward_backward(shape: tuple[int, ...], bias: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(12, 16, requires_grad=True)
+    b = torch.randn(12, requires_grad=True) if bias else None
+    g = torch.randn(*shape[:-1], 12)
+    y = linear(x, w, b)
+    grads = torch.autograd.grad(y, [x, w] + ([b] if bias else []), g)
+    y_ref = F.linear(x, w, b)
+    grads_ref = torch.autograd.grad(y_ref, [x, w] + ([b] if bias else []), g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(grads, grads_ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_linear_leaves_autocast_and_other_dtypes_to_pytorch() -> None:
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w).dtype == torch.bfloat16  # autocast's bf16 GEMM, not the fp32 oneDNN path
+    assert linear(x.double(), w.double()).dtype == torch.float64
+
+
+def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
+    torch.manual_seed(0)
+    plain = build("R50-ViT-B_16", (32, 32)).train()
+    fast = copy.deepcopy(plain)
+    keys = list(fast.state_dict())
+    n = fast.use_fast_kernels()
+    assert n == sum(type(m) is nn.Linear for m in plain.modules()) and n > 0
+    assert list(fast.state_dict()) == keys
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    losses, grads = [], []
+    for m in (plain, fast):
+        torch.manual_seed(1)
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert fast.use_fast_kernels(False) == n and not any(isinstance(m, FastLinear) for m in fast.modules())
+
+
+def test_find_blocks_takes_the_architectures_units() -> None:
+    model = build("R50-ViT-B_16", (32, 32))
+    kinds = {type(b).__name__ for b in find_blocks(model)}
+    assert kinds == {"PreActBottleneck", "Block", "DecoderBlock"}
+
+
+@pytest.mark.parametrize("name", ["R50-ViT-B_16", "UNet", "Swin-Unet"])
+def test_checkpointing_same_gradients_and_batchnorm_statistics(name: str) -> None:
+    size = tiny(name)[1][0]
+    args = {"dropout": 0.2} if name == "R50-ViT-B_16" else {}
+    torch.manual_seed(0)
+    from transunet import create_model
+
+    plain = create_model(name, num_classes=3, img_size=size, **{**tiny(name)[0], **args}).train()
+    ckpt = copy.deepcopy(plain)
+    assert ckpt.set_checkpointing() > 0
+    assert list(ckpt.state_dict()) == list(plain.state_dict())
+    x, y = torch.randn(2, 1, *size), torch.randint(0, 3, (2, *size))
+    results = []
+    for m in (plain, ckpt):
+        torch.manual_seed(3)  # same dropout masks in both models; checkpointing must replay them
+        out = m(x)
+        loss = F.cross_entropy(out[0] if isinstance(out, list) else out, y)
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None},
+                        {k: b.clone() for k, b in m.named_buffers()}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for k, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][k], g, rtol=1e-5, atol=1e-6, msg=k)
+    for k, b in results[0][2].items():  # running statistics updated exactly once
+        torch.testing.assert_close(results[1][2][k], b, rtol=0, atol=0, msg=k)
+    assert ckpt.set_checkpointing(False) > 0
+
+
+def test_bf16_inference_close_to_fp32() -> None:
+    model = build("R50-ViT-B_16", (32, 32)).eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    out = model.for_inference(dtype=torch.bfloat16)(x)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+def test_predictor_rebuilds_its_inference_copy_when_weights_change() -> None:
+    import numpy as np
+
+    from transunet.infer import Predictor
+
+    model = build("UNet", (16, 16))
+    pred = Predictor(model, (16, 16), batch_size=2)
+    first = pred.runner
+    assert pred.runner is first  # cached while the weights stay
+    vol = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    a = pred.predict_volume(vol)
+    assert np.array_equal(a, Predictor(model, (16, 16), batch_size=2, fast=False).predict_volume(vol))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # an optimizer step
+    assert pred.runner is not first
