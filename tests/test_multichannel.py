@@ -194,6 +194,11 @@ def test_nnunet_two_channels_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     bad = _config(tmp_path / "bad.yaml", data, tmp_path / "runs2", in_channels=3)
     err = _one_error(capsys, ["train", str(bad)])
     assert "model.in_channels=3" in err and "2 input channels (T2, CT)" in err and "model.in_channels=2" in err
+    # an architecture that takes 1 or 3 channels only (its first layer keeps the RGB-pretrained layout)
+    tiny = _config(tmp_path / "tiny.yaml", data, tmp_path / "runs3", name="TransUNet-Tiny", args={})
+    err = _one_error(capsys, ["train", str(tiny)])
+    assert "TransUNet-Tiny" in err and "2 input channels" in err and "UNet" in err
+    assert not (tmp_path / "runs2").exists() and not (tmp_path / "runs3").exists()
 
 
 # ----------------------------------------------------------------------------- MSD 4D, end to end

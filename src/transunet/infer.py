@@ -234,10 +234,10 @@ class Predictor:
 
     def predict_volume(self, image: np.ndarray, *, tta: bool | Sequence[tuple[int, ...]] = False,
                        return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Segment a normalised ``(S, H, W)`` volume slice by slice (see :func:`predict_volume`).
+        """Segment a normalised ``(S, H, W)`` or ``(S, C, H, W)`` volume slice by slice (see :func:`predict_volume`).
 
         Args:
-            image: Normalised image ``(S, H, W)``.
+            image: Normalised image ``(S, H, W)``, or ``(S, C, H, W)`` for a multi-channel model.
             tta: ``True`` for both flips, or the flip dims (e.g. from :meth:`tta_flips`).
             return_probabilities: Also return ``(K, S, H, W)`` class probabilities.
         """
