@@ -236,6 +236,12 @@ def test_msd_4d_two_channels_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     err = _one_error(capsys, ["predict", str(run), str(three), "-o", str(tmp_path / "p3.nii.gz"), "--device", "cpu"])
     assert str(three) in err and "3 channels on the last axis" in err and "2 channels (T2, ADC)" in err
 
+    # evaluating on data whose channels are in another order
+    info["channel_names"] = ["ADC", "T2"]
+    (data / "dataset.json").write_text(json.dumps(info))
+    err = _one_error(capsys, ["evaluate", str(run), "--device", "cpu", "--no-report", "--overwrite"])
+    assert "trained on channels ['T2', 'ADC']" in err and "['ADC', 'T2']" in err
+
 
 # ----------------------------------------------------------------------------- prepare errors
 

@@ -300,6 +300,11 @@ def _check_model_vs_data(ckpt_path: Path, ckpt: dict[str, Any], model: Any, data
             f"checkpoint {ckpt_path} expects {in_ch} input channel(s) but dataset {data_root} has "
             f"{data_ch}-channel volumes ({', '.join(map(str, info.get('channel_names') or []))}); evaluate it on "
             "the dataset it was trained for, or train a model for this dataset.")
+    ck_ch = (ckpt.get("preprocessing") or {}).get("channel_names")
+    if data_ch > 1 and ck_ch and [str(n) for n in ck_ch] != [str(n) for n in info.get("channel_names") or ck_ch]:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} was trained on channels {list(ck_ch)} but dataset {data_root} has "
+            f"{list(info['channel_names'])}; evaluate it on data with the same channels in the same order.")
     if data_ch == 1 and in_ch not in (1, 3):
         raise CheckpointError(
             f"checkpoint {ckpt_path} expects {in_ch} input channels but dataset {data_root} has "

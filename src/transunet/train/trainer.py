@@ -384,6 +384,7 @@ class Trainer:
         from transunet.data.datasets import SliceDataset
         from transunet.registry import create_model
 
+        cfg = with_data_channels(cfg)  # model.in_channels from a multi-channel dataset
         self.cfg = cfg
         self.info = info
         self.device = info.device
