@@ -196,18 +196,21 @@ def test_msd_folder_hint_names_msd(tmp_path):
         prepare("nnunet", raw, tmp_path / "out")
 
 
-def test_msd_multichannel_error_names_the_file(tmp_path):
+def test_msd_multichannel_channel_count_checked(tmp_path):
     from transunet.data.prepare import prepare
 
     raw = tmp_path / "Task05_Prostate"
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2, 2), np.float32), np.eye(4)), str(raw / "imagesTr" / "p_1.nii.gz"))
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8), np.eye(4)), str(raw / "labelsTr" / "p_1.nii.gz"))
+    for i in (1, 2, 3):
+        four_d = nib.Nifti1Image(np.zeros((4, 4, 2, 2), np.float32), np.eye(4))
+        nib.save(four_d, str(raw / "imagesTr" / f"p_{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.uint8), np.eye(4)), str(raw / "labelsTr" / f"p_{i}.nii.gz"))
     (raw / "dataset.json").write_text(json.dumps({
-        "labels": {"0": "background", "1": "PZ"}, "modality": {"0": "T2", "1": "ADC"},
-        "training": [{"image": "./imagesTr/p_1.nii.gz", "label": "./labelsTr/p_1.nii.gz"}]}))
-    with pytest.raises(DataError, match=r"dataset\.json.*2 input channels"):
+        "labels": {"0": "background", "1": "PZ"}, "modality": {"0": "T2", "1": "ADC", "2": "DWI"},
+        "training": [{"image": f"./imagesTr/p_{i}.nii.gz", "label": f"./labelsTr/p_{i}.nii.gz"} for i in (1, 2, 3)]}))
+    # multi-channel MSD data is supported (tests/test_multichannel.py); the 4D image must hold every channel
+    with pytest.raises(DataError, match=r"p_1\.nii\.gz: 2 volumes on its last axis.*3 channels \(T2, ADC, DWI\)"):
         prepare("msd", raw, tmp_path / "out")
 
 
@@ -231,15 +234,16 @@ def test_label_without_image_reported_plain_folders(tmp_path):
         prepare("nifti", raw, tmp_path / "out")
 
 
-# ---------------------------------------------------------------- 6. multi-channel (refused clearly)
+# ---------------------------------------------------------------- 6. multi-channel (supported, checked)
 
 
-def test_nnunet_multichannel_refused_clearly(tmp_path):
+def test_nnunet_multichannel_missing_channel_named(tmp_path):
     from transunet.data.prepare import prepare
 
     raw = _nnunet_dataset(tmp_path / "Dataset507_Multi", n=3)
     meta = json.loads((raw / "dataset.json").read_text())
     meta["channel_names"] = {"0": "T2", "1": "ADC"}
     (raw / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"dataset\.json: 2 input channels.*one channel"):
+    # two channels declared, only the _0000 files present: the first missing file is named
+    with pytest.raises(DataError, match=r"case_000_0001\.nii\.gz: channel 1 \(ADC\) of case case_000 is missing"):
         prepare("nnunet", raw, tmp_path / "out")

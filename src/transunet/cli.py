@@ -32,8 +32,10 @@ def _default(fn: Any, name: str) -> Any:
 
 
 def _model_args(items: list[str] | None) -> dict[str, Any]:
-    """``--arg KEY=VALUE`` pairs (values parsed as YAML) -> the model's own arguments."""
+    """``--arg KEY=VALUE`` pairs (values parsed as bounded YAML) -> the model's own arguments."""
     import yaml
+
+    from transunet.config import safe_yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -41,7 +43,7 @@ def _model_args(items: list[str] | None) -> dict[str, Any]:
             raise TransUNetError(f"--arg {item!r} must look like KEY=VALUE, e.g. --arg n_skip=2.")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = safe_yaml(raw, f"--arg {key.strip()}", "give a plain value")
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out

@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from transunet.config import ExperimentConfig, apply_overrides, load_config, packaged_config, to_dict
+from transunet.config import ExperimentConfig, apply_overrides, load_config, packaged_config, safe_yaml, to_dict
 from transunet.data.synapse import display_columns
 from transunet.errors import CheckpointError, ConfigError, DataError, TransUNetError, check_choice, did_you_mean
 from transunet.evaluate import _nanmean, bootstrap_ci, evaluate, resolve_checkpoint
@@ -196,7 +196,7 @@ def _overrides_mapping(where: str, value: Any) -> dict[str, Any]:
             if not isinstance(item, str) or "=" not in item:
                 raise ConfigError(f"{where} entries must look like section.key=value, got {item!r}.")
             k, raw = item.split("=", 1)
-            out[k.strip()] = yaml.safe_load(raw)
+            out[k.strip()] = safe_yaml(raw, f"{where} {k.strip()}", "give a plain value")
         return out
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of dotted keys to values, e.g. {{train.lr: 0.01}}.")
@@ -239,7 +239,7 @@ def load_spec(spec: str | Path | dict[str, Any] | CompareSpec) -> CompareSpec:
         path = preset_path(spec)
         folder = str(path.parent)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_yaml(path.read_text(), f"comparison spec {path}") or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"comparison spec {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

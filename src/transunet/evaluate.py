@@ -295,10 +295,20 @@ def _check_model_vs_data(ckpt_path: Path, ckpt: dict[str, Any], model: Any, data
             f"{list(class_names)}; evaluate it on the dataset it was trained for.")
     in_ch = int(getattr(model, "in_channels", kwargs.get("in_channels", 1)))
     data_ch = int(info.get("channels", info.get("in_channels", 1)) or 1)
-    if data_ch != 1 or in_ch not in (1, 3):
+    if data_ch > 1 and in_ch != data_ch:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} expects {in_ch} input channel(s) but dataset {data_root} has "
+            f"{data_ch}-channel volumes ({', '.join(map(str, info.get('channel_names') or []))}); evaluate it on "
+            "the dataset it was trained for, or train a model for this dataset.")
+    ck_ch = (ckpt.get("preprocessing") or {}).get("channel_names")
+    if data_ch > 1 and ck_ch and [str(n) for n in ck_ch] != [str(n) for n in info.get("channel_names") or ck_ch]:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} was trained on channels {list(ck_ch)} but dataset {data_root} has "
+            f"{list(info['channel_names'])}; evaluate it on data with the same channels in the same order.")
+    if data_ch == 1 and in_ch not in (1, 3):
         raise CheckpointError(
             f"checkpoint {ckpt_path} expects {in_ch} input channels but dataset {data_root} has "
-            f"{data_ch}-channel volumes; slice-wise evaluation feeds one channel (repeated to 3 for "
+            f"single-channel volumes; slice-wise evaluation feeds one channel (repeated to 3 for "
             "3-channel models): use a model with in_channels 1 or 3 on single-channel data.")
 
 

@@ -40,6 +40,8 @@ AUGMENT_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {"official": FLIPS, "non
 
 
 def _resize_slice(sl: np.ndarray, size: Sequence[int], order: int) -> np.ndarray:
+    if sl.ndim == 3:  # (C, H, W): each channel alone
+        return np.stack([_resize_slice(c, size, order) for c in sl])
     h, w = sl.shape
     if (h, w) == tuple(size):
         return sl
@@ -63,7 +65,7 @@ def predict_volume(
     Args:
         model: Segmentation model, ``(B, 1, h, w) -> (B, K, h, w)`` (a
             :class:`~transunet.models.base.SegmentationModel` brings one channel to its own).
-        image: Normalised image ``(S, H, W)`` (float).
+        image: Normalised image ``(S, H, W)``, or ``(S, C, H, W)`` for multi-channel data (float).
         img_size: Network input ``(h, w)``.
         batch_size: Slices per forward pass.
         device: Device of the model.
@@ -75,11 +77,11 @@ def predict_volume(
     Returns:
         ``label (S, H, W) uint8`` or ``(label, probabilities (K, S, H, W) float32)``.
     """
-    if image.ndim != 3:
-        raise ValueError(f"predict_volume expects an (S, H, W) volume, got shape {image.shape}.")
+    if image.ndim not in (3, 4):
+        raise ValueError(f"predict_volume expects an (S, H, W) or (S, C, H, W) volume, got shape {image.shape}.")
     device = torch.device(device)
     flips = tuple(FLIPS if tta is True else (tta or ()))
-    S, H, W = image.shape
+    S, H, W = image.shape[0], image.shape[-2], image.shape[-1]
     h, w = int(img_size[0]), int(img_size[1])
     label = np.zeros((S, H, W), dtype=np.uint8)
     probs_out: np.ndarray | None = None
@@ -89,7 +91,8 @@ def predict_volume(
         for start in range(0, S, batch_size):
             idx = range(start, min(S, start + batch_size))
             batch = np.stack([_resize_slice(image[i].astype(np.float32), (h, w), 3) for i in idx])
-            x = torch.from_numpy(batch).float().unsqueeze(1).to(device)  # (B, 1, h, w); the model adapts channels
+            x = torch.from_numpy(batch).float()
+            x = (x.unsqueeze(1) if image.ndim == 3 else x).to(device)  # (B, C, h, w); the model adapts 1 -> 3
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 prob = torch.softmax(model(x).float(), dim=1)
                 for dims in flips:
@@ -288,10 +291,10 @@ class Predictor:
 
     def predict_volume(self, image: np.ndarray, *, tta: bool | Sequence[tuple[int, ...]] = False,
                        return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Segment a normalised ``(S, H, W)`` volume slice by slice (see :func:`predict_volume`).
+        """Segment a normalised ``(S, H, W)`` or ``(S, C, H, W)`` volume slice by slice (see :func:`predict_volume`).
 
         Args:
-            image: Normalised image ``(S, H, W)``.
+            image: Normalised image ``(S, H, W)``, or ``(S, C, H, W)`` for a multi-channel model.
             tta: ``True`` for both flips, or the flip dims (e.g. from :meth:`tta_flips`).
             return_probabilities: Also return ``(K, S, H, W)`` class probabilities.
         """
@@ -331,8 +334,8 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: bool = False,
-                 overwrite: bool = False) -> list[tuple[Path, Path, Path | None]]:
+def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: bool = False, overwrite: bool = False,
+                 channels: int = 1, expected: str = "") -> list[tuple[Path, Path, Path | None]]:
     """Pair every input file with its output files, refusing unsafe destinations up front.
 
     A single input file goes to ``output`` when that ends in ``.nii``/``.nii.gz``, otherwise to
@@ -344,17 +347,23 @@ def plan_outputs(input: str | Path, output: str | Path, *, save_probabilities: b
         output: Output file (single input) or folder.
         save_probabilities: Also plan the probability files.
         overwrite: Allow replacing existing outputs (the input itself is never replaced).
+        channels: Input channels of the model: with several, nnU-Net files ``CASE_0000``, ``CASE_0001``...
+            are grouped by case (the plan names the ``_0000`` file; every channel must exist) and other
+            files are read as 4D images (channels on the last axis).
+        expected: The expected channels in words (``"2 channels (T2, ADC)"``), for messages.
 
     Returns:
         ``[(input_file, label_output, probabilities_output or None), ...]``.
     """
-    from transunet.data.nifti import case_stem, channel_of, is_nifti, strip_nifti_suffix
+    from transunet.data.nifti import case_inputs, case_stem, channel_of, is_nifti, strip_nifti_suffix
 
     input, output = Path(input), Path(output)
     files = _nifti_inputs(input)
     others = [f for f in files if (channel_of(f.name) or 0) > 0]
-    if others and input.is_dir() and any(channel_of(f.name) == 0 for f in files):
-        raise DataError(f"{others[0]}: a second input channel (nnU-Net _0001 naming); transunet models read one "
+    if channels > 1:
+        files = case_inputs(files, channels, expected)
+    elif others and input.is_dir() and any(channel_of(f.name) == 0 for f in files):
+        raise DataError(f"{others[0]}: a second input channel (nnU-Net _0001 naming); this model reads one "
                         "channel, so predict on the _0000 files only (move the other channels out of the folder).")
     if input.is_dir():
         if is_nifti(output.name) and not output.is_dir():
@@ -425,8 +434,10 @@ def predict_path(
 
     Each scan is read with :func:`transunet.data.nifti.load_nifti` (slices along the third NIfTI
     axis), normalised with the checkpoint's ``preprocessing["normalization"]`` (CT window or
-    z-score), predicted slice by slice at the model's ``img_size`` (any in-plane size and number of
-    slices) and written as a uint8 label NIfTI with the input's exact shape, affine and header.
+    z-score; one per channel for a multi-channel model, whose scans are nnU-Net's ``CASE_0000``,
+    ``CASE_0001``... files, grouped by case, or 4D images with the channels last), predicted slice
+    by slice at the model's ``img_size`` (any in-plane size and number of slices) and written as a
+    uint8 label NIfTI with the input's exact shape, affine and header.
     All destinations are checked before anything is predicted.
 
     Args:
@@ -446,27 +457,39 @@ def predict_path(
     Returns:
         The written label files.
     """
-    from transunet.data.nifti import load_nifti, save_like
-    from transunet.data.normalize import check_normalization, normalize
+    from transunet.data.nifti import load_nifti, load_nifti_channels, save_like
+    from transunet.data.normalize import channel_normalizations, normalize, normalize_channels
 
-    plan = plan_outputs(input, output, save_probabilities=save_probabilities, overwrite=overwrite)
     predictor = checkpoint if isinstance(checkpoint, Predictor) else \
         Predictor.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
     in_ch = int(getattr(predictor.model, "in_channels", 1))
-    if in_ch not in (1, 3):
+    channels = int(predictor.preprocessing.get("channels", 1))
+    names = predictor.preprocessing.get("channel_names") or [f"channel {k}" for k in range(channels)]
+    expected = f"{channels} channels ({', '.join(map(str, names))})"
+    if channels == 1 and in_ch not in (1, 3):
         raise CheckpointError(f"checkpoint {predictor.path} expects {in_ch} input channels; prediction on "
                               "single-channel NIfTI scans needs a model with in_channels 1 or 3.")
-    spec = check_normalization(predictor.preprocessing.get("normalization"))
+    if channels > 1 and in_ch != channels:
+        raise CheckpointError(f"checkpoint {predictor.path}: the model reads {in_ch} channels but its preprocessing "
+                              f"record names {expected}; the checkpoint is inconsistent, train or convert it again.")
+    specs = channel_normalizations(predictor.preprocessing.get("normalization"), channels,
+                                   f"checkpoint {predictor.path}")
+    plan = plan_outputs(input, output, save_probabilities=save_probabilities, overwrite=overwrite,
+                        channels=channels, expected=expected)
     flips = predictor.tta_flips(tta, force=force_tta)
     written: list[Path] = []
     bar = tqdm(plan, desc="predict", unit="scan", dynamic_ncols=True, disable=len(plan) < 2)
     for src, dst, probs_path in bar:
         bar.set_postfix_str(src.name)
-        raw, _spacing, _affine, ref = load_nifti(src, dtype=np.float32)
-        if not np.all(np.isfinite(raw)):
+        if channels == 1:
+            raw, _spacing, _affine, ref = load_nifti(src, dtype=np.float32)
+            raws = [raw]
+        else:
+            raws, _spacing, _affine, ref = load_nifti_channels(src, channels, expected=expected)
+        if not all(np.all(np.isfinite(raw)) for raw in raws):
             raise DataError(f"{src}: the volume contains NaN or infinite values; fix the scan (e.g. replace "
                             "NaN by the background intensity) and run again.")
-        image = normalize(raw, spec)
+        image = normalize(raws[0], specs[0]) if channels == 1 else normalize_channels(raws, specs)  # (S[, C], H, W)
         result = predictor.predict_volume(image, tta=flips, return_probabilities=probs_path is not None)
         label, probs = (result if probs_path is not None else (result, None))  # type: ignore[misc]
         written.append(save_like(label, ref, dst, dtype=np.uint8))

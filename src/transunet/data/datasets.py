@@ -10,6 +10,10 @@ A prepared dataset folder is a superset of the official preprocessed Synapse lay
     ROOT/lists/val.txt                  case ids (volumes in test_vol_h5/)
     ROOT/lists/test_vol.txt             case ids
 
+Multi-channel datasets (``channels`` > 1 in ``dataset.json``, format version 2, e.g. prostate T2 +
+ADC) store slices as ``image (C, H, W)`` and volumes as ``image (S, C, H, W)`` (labels unchanged);
+``normalization`` is then a list with one record per channel and ``channel_names`` names them.
+
 The official distribution (``train_npz/``, ``test_vol_h5/`` and the ``lists_Synapse`` files) is
 read as is: without ``dataset.json`` the 9 Synapse classes, the CT window and unknown spacing are
 assumed, and the list files are looked up in ``ROOT/lists``, ``ROOT/lists/lists_Synapse`` or an
@@ -39,7 +43,10 @@ from transunet.errors import DataError
 log = logging.getLogger(__name__)
 
 FORMAT = "transunet-prepared"
+#: Format version of one-channel datasets (unchanged since the first release).
 VERSION = 1
+#: Format version of multi-channel datasets (``channels`` > 1); older transunet refuses them cleanly.
+VERSION_MULTICHANNEL = 2
 SPLITS = ("train", "val", "test")
 #: List file of each split: train lists slice names, the others case ids.
 LIST_FILES = {"train": "train.txt", "val": "val.txt", "test": "test_vol.txt"}
@@ -65,7 +72,7 @@ def parse_slice_name(name: str) -> tuple[str, int]:
 
 
 def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one training slice ``(image (H, W) float32, label (H, W) uint8)`` from an ``.npz``.
+    """Read one training slice ``(image (H, W) or (C, H, W) float32, label (H, W) uint8)`` from an ``.npz``.
 
     Headers are checked before anything is allocated (:func:`~transunet.data.safe_io.read_npz`).
 
@@ -77,8 +84,8 @@ def read_npz_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: slice file not found; prepare the dataset again or fix the list file.")
     arrays = read_npz(path, ("image", "label"), fix="prepare the dataset again")
     image, label = arrays["image"].astype(np.float32), arrays["label"]
-    if image.ndim != 2 or label.shape != image.shape:
-        raise DataError(f"{path}: expected 2D image and label of equal shape, got {image.shape} and "
+    if image.ndim not in (2, 3) or label.shape != image.shape[-2:]:
+        raise DataError(f"{path}: expected an image (H, W) or (C, H, W) and a label (H, W), got {image.shape} and "
                         f"{label.shape}; prepare the dataset again.")
     return image, _as_label(label, path)
 
@@ -106,8 +113,9 @@ def _check_h5_dataset(f: h5py.File, name: str, path: Path) -> h5py.Dataset:
         raise DataError(f"{path}: '{name}' is a {type(obj).__name__}, not an array dataset; prepare the dataset "
                         "again.")
     check_numeric(path, obj.dtype, f"dataset '{name}'")
-    if obj.ndim != 3:
-        raise DataError(f"{path}: expected '{name}' shaped (S, H, W), got {short_repr(obj.shape)}; prepare the "
+    if obj.ndim != 3 and not (name == "image" and obj.ndim == 4):  # multi-channel image: (S, C, H, W)
+        shape = "(S, H, W) or (S, C, H, W)" if name == "image" else "(S, H, W)"
+        raise DataError(f"{path}: expected '{name}' shaped {shape}, got {short_repr(obj.shape)}; prepare the "
                         "dataset again.")
     try:
         stored = int(obj.id.get_storage_size())
@@ -135,8 +143,8 @@ def _open_h5(path: Path) -> h5py.File:
         image = _check_h5_dataset(f, "image", path)
         if "label" in f:
             label = _check_h5_dataset(f, "label", path)
-            if label.shape != image.shape:
-                raise DataError(f"{path}: expected image (S, H, W) and label of the same shape, got "
+            if label.shape != (image.shape[0], *image.shape[-2:]):
+                raise DataError(f"{path}: expected image (S, H, W) or (S, C, H, W) and label (S, H, W), got "
                                 f"{image.shape} and {label.shape}; prepare the dataset again.")
     except DataError:
         f.close()
@@ -148,7 +156,7 @@ def _open_h5(path: Path) -> h5py.File:
 
 
 def read_h5_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read ``(image (S, H, W) float32, label (S, H, W) uint8 or None)`` from a ``.npy.h5`` file.
+    """Read ``(image (S, H, W) or (S, C, H, W) float32, label (S, H, W) uint8 or None)`` from a ``.npy.h5`` file.
 
     Args:
         path: ``test_vol_h5/<case>.npy.h5``.
@@ -221,8 +229,18 @@ def _check_info(info: dict[str, Any], where: Path) -> None:
     names = info["class_names"]
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise bad("class_names", "a list of at least 2 class names (strings)")
-    if not isinstance(info["normalization"], dict):
+    channels = info.get("channels", 1)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise bad("channels", "a positive integer (input channels)")
+    norm = info["normalization"]
+    if channels == 1 and not isinstance(norm, dict):
         raise bad("normalization", 'a mapping such as {"kind": "zscore"}')
+    if channels > 1 and not (isinstance(norm, list) and len(norm) == channels
+                             and all(isinstance(n, dict) for n in norm)):
+        raise bad("normalization", f"a list of {channels} mappings (one per channel) such as {{\"kind\": \"zscore\"}}")
+    cn = info.get("channel_names")
+    if cn is not None and not (isinstance(cn, list) and len(cn) == channels and all(isinstance(n, str) for n in cn)):
+        raise bad("channel_names", f"a list of {channels} channel names (strings)")
     splits = info["splits"]
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise bad("splits", "a mapping of split names to lists of case ids")
@@ -307,9 +325,9 @@ def read_dataset_info(root: str | Path, list_dir: str | Path | None = None) -> d
         if isinstance(version, bool) or not isinstance(version, int):
             raise DataError(f"{meta_path}: 'version' must be an integer, got {short_repr(version)}; prepare the "
                             "dataset again.")
-        if version > VERSION:
+        if version > VERSION_MULTICHANNEL:
             raise DataError(f"{meta_path}: dataset format version {version} is newer than "
-                            f"this transunet supports ({VERSION}); upgrade transunet.")
+                            f"this transunet supports ({VERSION_MULTICHANNEL}); upgrade transunet.")
         for key in ("class_names", "normalization", "splits"):
             if key not in info:
                 raise DataError(f"{meta_path}: missing key {key!r}; prepare the dataset again.")
@@ -317,6 +335,7 @@ def read_dataset_info(root: str | Path, list_dir: str | Path | None = None) -> d
         info.setdefault("spacing", {})
         info.setdefault("modality", "CT")
         info.setdefault("name", root.name)
+        info.setdefault("channels", 1)
     else:
         if not (root / "train_npz").is_dir() and not (root / "test_vol_h5").is_dir():
             content = sorted(p.name for p in root.iterdir())[:5]
@@ -336,7 +355,7 @@ def read_dataset_info(root: str | Path, list_dir: str | Path | None = None) -> d
             "format": FORMAT, "version": VERSION, "name": root.name, "modality": "CT",
             "class_names": list(SYNAPSE_CLASS_NAMES),
             "normalization": {"kind": "ct_window", "low": CT_WINDOW[0], "high": CT_WINDOW[1]},
-            "splits": splits, "spacing": {}, "source": "official Synapse preprocessed files",
+            "splits": splits, "spacing": {}, "source": "official Synapse preprocessed files", "channels": 1,
         }
     info["root"] = str(root)
     info["list_dir"] = str(ldir) if ldir is not None else None
@@ -432,6 +451,8 @@ def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path
             raise DataError(f"slices of {case_id} in {root / 'train_npz'} have different shapes; prepare again.")
         image = np.stack([p[0] for p in pairs])
         label = np.stack([p[1] for p in pairs])
+    if len(image):
+        _check_channels(image[0], info, h5 if h5.is_file() else root / "train_npz", case_id)
     geom = case_geometry(info, case_id)
     try:
         affine = np.asarray(geom["affine"], dtype=np.float64).reshape(4, 4) if geom and "affine" in geom else None
@@ -440,6 +461,15 @@ def load_volume(root: str | Path, split: str, case_id: str, list_dir: str | Path
                         "prepare the dataset again.") from None
     return Volume(case_id=case_id, image=image, label=label, spacing=_case_spacing(info, case_id),
                   affine=affine, class_names=list(info["class_names"]), ignore_label=info.get("ignore_label"))
+
+
+def _check_channels(sl: np.ndarray, info: dict[str, Any], where: Any, case_id: str) -> None:
+    """One DataError unless a slice (``(H, W)`` or ``(C, H, W)``) has the dataset's channel count."""
+    got = 1 if sl.ndim <= 2 else int(sl.shape[0])
+    want = int(info.get("channels", 1))
+    if got != want:
+        raise DataError(f"{where}: case {case_id} has {got} channel(s) but {info['root']}/dataset.json declares "
+                        f"{want}; prepare the dataset again.")
 
 
 # --------------------------------------------------------------------------- training slices
@@ -522,7 +552,7 @@ class SliceDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def read_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw (not augmented) ``(image (H, W), label (H, W))`` of item ``index``."""
+        """The raw (not augmented) ``(image (H, W) or (C, H, W), label (H, W))`` of item ``index``."""
         case, i = self._items[index]
         if self._from_npz:
             return read_npz_slice(self.root / "train_npz" / f"{slice_name(case, i)}.npz")
@@ -544,14 +574,17 @@ class SliceDataset(Dataset):
         """One augmented slice.
 
         Returns:
-            ``{"image": FloatTensor (1, h, w), "label": LongTensor (h, w), "case_id": str, "index": int}``.
+            ``{"image": FloatTensor (C, h, w), "label": LongTensor (h, w), "case_id": str, "index": int}``
+            (``C`` is 1 for one-channel data).
         """
         if not 0 <= index < len(self._items):
             raise IndexError(f"index {index} out of range for {len(self._items)} slices")
         image, label = self.read_slice(index)
+        _check_channels(image, self.info, self.root, self._items[index][0])
         img_t, lab_t = self.augmenter(image, label, self.rng(index))
-        return {"image": img_t.unsqueeze(0), "label": lab_t.long(), "case_id": self._items[index][0],
-                "index": int(index)}
+        if img_t.ndim == 2:
+            img_t = img_t.unsqueeze(0)
+        return {"image": img_t, "label": lab_t.long(), "case_id": self._items[index][0], "index": int(index)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -172,6 +172,139 @@ def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton
     return arr, spacing, affine, img
 
 
+def channel_path(path: str | Path, channel: int) -> Path:
+    """The file of another channel of the same case: ``CASE_0000.nii.gz`` -> ``CASE_0001.nii.gz``.
+
+    Args:
+        path: A file named with nnU-Net's channel suffix (``_0000``...).
+        channel: The wanted channel index.
+    """
+    path = Path(path)
+    name = path.name
+    suffix = next((s for s in NIFTI_SUFFIXES if name.endswith(s)), "")
+    m = _CHANNEL_RE.match(strip_nifti_suffix(name))
+    if m is None:
+        raise ValueError(f"{path}: no nnU-Net channel suffix (_0000) in the file name.")
+    return path.with_name(f"{m.group('case')}_{channel:04d}{suffix}")
+
+
+def case_inputs(files: list[Path], channels: int, expected: str = "") -> list[Path]:
+    """The scans of a multi-channel prediction: one file per case, every channel file checked present.
+
+    nnU-Net-named files (``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``...) are grouped by case and
+    represented by their channel-0 file; any other file is taken as one 4D image (checked when read,
+    :func:`load_nifti_channels`). A missing channel, or a channel index beyond ``channels``, is one
+    :class:`DataError` naming the file and the case.
+
+    Args:
+        files: Input NIfTI files (a folder's listing, or one file).
+        channels: Input channels of the model (> 1).
+        expected: The expected channels in words (``"2 channels (T2, ADC)"``), for messages.
+    """
+    expected = expected or f"{channels} channels"
+    out: list[Path] = []
+    for f in files:
+        k = channel_of(f.name)
+        if k is None:
+            out.append(f)
+            continue
+        case = case_stem(channel_path(f, 0).name)
+        if k >= channels:
+            raise DataError(f"{f}: channel {k} of case {case}, but {expected} are expected (_0000 ... "
+                            f"_{channels - 1:04d}); remove the file or use the checkpoint it belongs to.")
+        for j in range(channels):
+            other = channel_path(f, j)
+            if not other.is_file():
+                raise DataError(f"{other}: channel {j} of case {case} is missing; {expected} are expected, one file "
+                                f"per channel ({case}_0000 ... {case}_{channels - 1:04d}).")
+        first = channel_path(f, 0)
+        if first not in out:
+            out.append(first)
+    return out
+
+
+def check_same_grid(path: str | Path, img: nib.Nifti1Image, ref_path: str | Path, ref: nib.Nifti1Image,
+                    what: str = "channel") -> None:
+    """One :class:`DataError` naming ``path`` unless it lies on the grid of ``ref`` (channel 0).
+
+    Shapes (the first three axes) must be equal; affines and voxel sizes equal within
+    ``rtol=1e-4, atol=1e-3`` (the tolerance of the image/label check of ``transunet prepare``).
+
+    Args:
+        path: File of ``img``, named in the message.
+        img: Its header (data not read).
+        ref_path: File of the reference, named in the message.
+        ref: The reference header (the case's first channel).
+        what: What ``path`` is (``"channel 1 (ADC)"``), for the message.
+    """
+    shape, rshape = tuple(int(v) for v in img.shape[:3]), tuple(int(v) for v in ref.shape[:3])
+    if shape != rshape:
+        raise DataError(f"{path}: {what} has shape {shape} but the first channel {ref_path} has {rshape}; every "
+                        "channel of a case must be on the same voxel grid (resample it onto the first channel).")
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    rzooms = np.asarray(ref.header.get_zooms()[:3], dtype=np.float64)
+    if not (np.allclose(np.asarray(img.affine, np.float64), np.asarray(ref.affine, np.float64), rtol=1e-4, atol=1e-3)
+            and np.allclose(zooms, rzooms, rtol=1e-4, atol=1e-3)):
+        raise DataError(f"{path}: {what} has a different affine or voxel spacing than the first channel {ref_path}; "
+                        "every channel of a case must be on the same voxel grid (resample it or copy the header).")
+
+
+def load_nifti_channels(path: str | Path, channels: int, *, dtype: type = np.float32,
+                        expected: str = "", fix: str = ""):
+    """Read the channels of one case: nnU-Net files ``CASE_0000..`` or one 4D NIfTI (channels last).
+
+    ``path`` named ``CASE_0000.nii.gz`` (nnU-Net): the files ``CASE_0001.nii.gz``... beside it are the
+    other channels; each must exist and lie on channel 0's grid (:func:`check_same_grid`). Any other
+    name: a 4D NIfTI ``(X, Y, Z, channels)`` as the Medical Segmentation Decathlon stores them. Every
+    problem is one :class:`DataError` naming the file.
+
+    Args:
+        path: Channel-0 file or 4D file.
+        channels: Number of channels expected (> 1).
+        dtype: Output dtype.
+        expected: The expected channels in words (``"2 channels (T2, ADC)"``), for messages.
+        fix: The end of the message for a file with the wrong number of channels.
+
+    Returns:
+        ``(arrays: one (S, H, W) per channel, spacing (s, h, w), affine, nibabel image of channel 0 or
+        of the 4D file)``.
+    """
+    path = Path(path)
+    expected = expected or f"{channels} channels"
+    if channel_of(path.name) == 0:
+        first, spacing, affine, ref = load_nifti(path, dtype=dtype)
+        out = [first]
+        for k in range(1, channels):
+            other = channel_path(path, k)
+            if not other.is_file():
+                case = case_stem(path.name)
+                raise DataError(f"{other}: channel {k} of case {case} is missing; {expected} are expected, one "
+                                f"file per channel ({case}_0000 ... {case}_{channels - 1:04d}).")
+            check_same_grid(other, read_nifti_header(other), path, ref, f"channel {k}")
+            out.append(load_nifti(other, dtype=dtype)[0])
+        return out, spacing, affine, ref
+    img = read_nifti_header(path)
+    shape = tuple(int(v) for v in img.shape)
+    if len(shape) != 4 or shape[3] != channels:
+        got = (f"one channel ({len(shape)}D, shape {shape})" if len(shape) < 4 or shape[3] == 1
+               else f"{shape[3]} channels on the last axis (shape {shape})")
+        fix = fix or ("give one 4D NIfTI with the channels on the last axis, or one file per channel named "
+                      "CASE_0000.nii.gz, CASE_0001.nii.gz, ...")
+        raise DataError(f"{path}: {got}, but {expected} are expected; {fix}.")
+    try:
+        data = np.asanyarray(img.dataobj)
+        out = [np.ascontiguousarray(np.transpose(data[..., k], (2, 1, 0))).astype(dtype, copy=False)
+               for k in range(channels)]
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read {shape} voxels; use a machine with more memory "
+                        "or crop the scan.") from None
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for damaged data
+        raise DataError(f"{path}: cannot read NIfTI ({_why(e)}); the file is truncated or corrupt, "
+                        "copy it again.") from None
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return out, (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine, dtype=np.float64), img
+
+
 def to_nifti_array(vol: np.ndarray) -> np.ndarray:
     """Inverse of the axis convention: slice-first ``(S, H, W)`` -> NIfTI ``(W, H, S)``."""
     return np.transpose(vol, (2, 1, 0))

@@ -12,12 +12,15 @@ trained on:
 * ``{"kind": "rescale_to_0_1"}``: per volume, ``(x - min) / (max - min)`` (nnU-Net's
   ``rescale_to_0_1``); a constant volume becomes all zeros.
 * ``{"kind": "rgb_to_0_1"}``: ``x / 255`` clipped to ``[0, 1]`` (nnU-Net's ``rgb_to_0_1``).
+
+A multi-channel dataset records a list with one such dict per channel (each channel is normalised
+on its own, as nnU-Net does): :func:`channel_normalizations` reads either form.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,4 +121,46 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-__all__ = ["DEFAULT_CT_WINDOW", "KINDS", "check_normalization", "ct_window", "normalize", "zscore"]
+def channel_normalizations(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+                           channels: int = 1, where: Any = "normalization") -> list[dict[str, Any]]:
+    """The checked normalisation of every input channel.
+
+    Args:
+        spec: One dict (one-channel data; ``None`` means the CT window) or a list of one dict per
+            channel (as ``transunet prepare`` records for multi-channel data).
+        channels: Number of input channels expected.
+        where: What the record comes from (a checkpoint, a dataset.json), for messages.
+
+    Returns:
+        ``channels`` complete dicts.
+    """
+    if spec is None or isinstance(spec, Mapping):
+        specs = [check_normalization(spec)]
+    elif isinstance(spec, Sequence) and not isinstance(spec, (str, bytes)):
+        specs = [check_normalization(s) for s in spec]
+    else:
+        raise DataError(f"{where}: normalisation {spec!r} must be a mapping or a list of mappings (one per channel); "
+                        "prepare the dataset again.")
+    if len(specs) != channels:
+        raise DataError(f"{where}: {len(specs)} channel normalisation(s) recorded for {channels} input channel(s); "
+                        "prepare the dataset again.")
+    return specs
+
+
+def normalize_channels(images: Sequence[np.ndarray], specs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Normalise each channel of a case with its own scheme and stack them slice-first.
+
+    Args:
+        images: One raw ``(S, H, W)`` volume per channel.
+        specs: One normalisation dict per channel (:func:`channel_normalizations`).
+
+    Returns:
+        float32 ``(S, C, H, W)``.
+    """
+    if len(images) != len(specs):
+        raise ValueError(f"{len(images)} channel volumes but {len(specs)} normalisations.")
+    return np.stack([normalize(im, sp) for im, sp in zip(images, specs)], axis=1)
+
+
+__all__ = ["DEFAULT_CT_WINDOW", "KINDS", "channel_normalizations", "check_normalization", "ct_window", "normalize",
+           "normalize_channels", "zscore"]

@@ -18,6 +18,12 @@ Kinds:
   ``training`` list). Cases are split 70/10/20 by a seeded permutation. Normalisation: ``ct``
   (window, default [-125, 275]) or ``zscore``; by default the CT window when the modality is CT
   (or, without metadata, when the first image goes below -500) and z-score otherwise.
+* Multi-channel ``nnunet`` / ``msd`` data (``channel_names`` / ``modality`` with several entries, e.g.
+  prostate T2 + ADC): nnU-Net's ``CASE_0000``, ``CASE_0001``... files, or MSD's 4D images with the
+  channels on the last axis. Every channel must exist and lie on channel 0's grid; each is normalised
+  by the scheme of its own name (as above). Slices are stored ``(C, H, W)`` and volumes
+  ``(S, C, H, W)``; ``dataset.json`` records ``channels``, ``channel_names`` and one normalisation per
+  channel (format version 2). One-channel datasets keep the version-1 format unchanged.
 
 Every case is checked before anything is written (missing label, shape or affine mismatch,
 non-integer or unknown labels, NaN/Inf voxels, unreadable or non-3D files); a failure raises one
@@ -45,16 +51,25 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from transunet.data.datasets import FORMAT, IGNORE_LABEL, LIST_FILES, VERSION, _read_json, slice_name
+from transunet.data.datasets import (
+    FORMAT,
+    IGNORE_LABEL,
+    LIST_FILES,
+    VERSION,
+    VERSION_MULTICHANNEL,
+    _read_json,
+    slice_name,
+)
 from transunet.data.nifti import (
-    channel_of,
+    check_same_grid,
     geometry_of,
     is_nifti,
     load_nifti,
+    load_nifti_channels,
     read_nifti_header,
     strip_nifti_suffix,
 )
-from transunet.data.normalize import normalize
+from transunet.data.normalize import normalize, normalize_channels
 from transunet.data.safe_io import short_repr
 from transunet.data.synapse import (
     ACDC_CLASS_NAMES,
@@ -85,6 +100,8 @@ class CaseSpec:
         group: Stratification group (ACDC pathology, patient id), or ``""``.
         patient: Unit of splitting (cases of one patient share a split).
         split: Assigned split.
+        channels: nnU-Net multi-channel data: the file of every channel (``image`` is the first);
+            empty otherwise (``image`` holds every channel: 3D for one, 4D channels-last for several).
     """
 
     case_id: str
@@ -93,21 +110,30 @@ class CaseSpec:
     group: str = ""
     patient: str = ""
     split: str = ""
+    channels: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Settings:
     kind: str
-    normalization: dict[str, Any]
+    normalization: dict[str, Any] | list[dict[str, Any]]  # a list (one per channel) for multi-channel data
     label_lut: list[int] | None
     allowed_labels: list[int] | None
     class_names: list[str] | None
     modality: str
     name: str
     extra: dict[str, Any] = field(default_factory=dict)
+    channel_names: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return max(1, len(self.channel_names))
 
     def fingerprint(self) -> str:
-        d = {"kind": self.kind, "normalization": self.normalization, "lut": self.label_lut, "format": VERSION}
+        d: dict[str, Any] = {"kind": self.kind, "normalization": self.normalization, "lut": self.label_lut,
+                             "format": VERSION}
+        if self.channels > 1:
+            d["channels"] = self.channel_names
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -286,21 +312,21 @@ def _label_names(meta: dict[str, Any], path: Path) -> tuple[list[int], list[str]
     return values, [n for _, n in pairs], ignore
 
 
-def _multichannel(where: Any, n: int, names: Any) -> DataError:
-    return DataError(f"{where}: {n} input channels ({short_repr(names)}); transunet models read one channel "
-                     "(multi-channel input such as T2 + ADC is not supported). Prepare a copy with one channel: "
-                     "keep only the CASE_0000 images (nnU-Net) or extract one volume of the 4D images (MSD), "
-                     "and list one channel in dataset.json.")
-
-
-def _modality(meta: dict[str, Any], path: Path) -> str:
-    mod = meta.get("channel_names") or meta.get("modality") or {}
-    if isinstance(mod, dict):
-        if len(mod) > 1:
-            raise _multichannel(path, len(mod), list(mod.values()))
-        vals = list(mod.values())
-        return str(vals[0]) if vals else ""
-    return str(mod)
+def _channel_names(meta: dict[str, Any], path: Path) -> list[str]:
+    """The input channels of dataset.json (nnU-Net ``channel_names`` / MSD ``modality``), in order."""
+    key = "channel_names" if meta.get("channel_names") else "modality"
+    mod = meta.get(key) or {}
+    if not isinstance(mod, dict):
+        return [str(mod)] if mod else []
+    try:
+        idx = sorted((int(k), str(v)) for k, v in mod.items())
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: '{key}' keys must be channel indices \"0\", \"1\", ..., got "
+                        f"{short_repr(list(mod))}; fix dataset.json.") from None
+    if [i for i, _ in idx] != list(range(len(idx))):
+        raise DataError(f"{path}: '{key}' keys must be the channel indices 0..{len(idx) - 1} without gaps, got "
+                        f"{short_repr(list(mod))}; fix dataset.json.")
+    return [n for _, n in idx]
 
 
 #: nnU-Net v2's normalisation schemes by channel name (case-insensitive); other names: z-score.
@@ -364,6 +390,9 @@ def _discover_nnunet(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
     specs = []
     images = _niftis(idir)
     msd = isinstance(meta.get("training"), list)
+    names = _channel_names(meta, raw / "dataset.json")
+    n = max(1, len(names))
+    cases: dict[str, dict[int, Path]] = {}
     for p in images:
         stem = strip_nifti_suffix(p.name)
         m = re.fullmatch(r"(.+)_(\d{4})", stem)
@@ -371,14 +400,24 @@ def _discover_nnunet(raw: Path) -> tuple[list[CaseSpec], dict[str, Any]]:
             hint = "this is a Medical Segmentation Decathlon folder (dataset.json has 'training'): use kind 'msd'" \
                 if msd else "rename it or use kind 'nifti'"
             raise DataError(f"{p}: nnU-Net image names end with _0000; {hint}.")
-        if m.group(2) != "0000":
-            n = len({channel_of(q.name) for q in images})
-            raise _multichannel(p, n, sorted({f"_{channel_of(q.name):04d}" for q in images
-                                              if channel_of(q.name) is not None}))
-        lab = ldir / f"{m.group(1)}{ending}"
+        k = int(m.group(2))
+        if k >= n:
+            raise DataError(f"{p}: channel _{k:04d}, but {raw / 'dataset.json'} declares {n} input channel(s) "
+                            f"({', '.join(names) or 'no channel_names'}) in 'channel_names'; declare the channel there "
+                            "or remove the file.")
+        cases.setdefault(m.group(1), {})[k] = p
+    for case, chans in sorted(cases.items()):
+        for k in range(n):
+            if k not in chans:
+                raise DataError(f"{idir / f'{case}_{k:04d}{ending}'}: channel {k} ({names[k]}) of case {case} is "
+                                f"missing; dataset.json declares {n} channels ({', '.join(names)}), one file each. "
+                                "Add the file or remove the case.")
+        p = chans[0]
+        lab = ldir / f"{case}{ending}"
         if not lab.is_file():
             raise DataError(f"{p}: no matching label {lab}; add it or remove the image.")
-        specs.append(CaseSpec(m.group(1), str(p), str(lab), patient=m.group(1)))
+        specs.append(CaseSpec(case, str(p), str(lab), patient=case,
+                              channels=[str(chans[k]) for k in range(n)] if n > 1 else []))
     if not specs:
         suf = _foreign_files(idir)
         if suf:
@@ -489,9 +528,18 @@ def _split_patients(specs: list[CaseSpec], val_cases: int | None, seed: int) -> 
 # --------------------------------------------------------------------------- checks
 
 
-def _header(path: str) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
+def _header(path: str, channels: int = 1, names: Sequence[str] = ()) -> tuple[tuple[int, ...], np.ndarray,
+                                                                               nib.Nifti1Image]:
+    """Checked header of a 3D volume, or (``channels > 1``) of a 4D volume with the channels last."""
     img = read_nifti_header(path)  # checked claims: datatype, dims, size against the file, pixdim
     shape = tuple(int(v) for v in img.shape)
+    if channels > 1:
+        if len(shape) != 4 or shape[3] != channels:
+            got = f"{shape[3]} volumes on its last axis" if len(shape) == 4 else f"a {len(shape)}D volume"
+            raise DataError(f"{path}: {got} (shape {shape}), but dataset.json declares {channels} channels "
+                            f"({', '.join(names)}); MSD stores them as a 4D image (X, Y, Z, {channels}): fix the file "
+                            "or the 'modality' list.")
+        return shape[:3], np.asarray(img.affine, dtype=np.float64), img
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -500,9 +548,13 @@ def _header(path: str) -> tuple[tuple[int, ...], np.ndarray, nib.Nifti1Image]:
     return shape, np.asarray(img.affine, dtype=np.float64), img
 
 
-def _check_pair(spec: CaseSpec) -> tuple[tuple[int, int, int], dict[str, Any]]:
-    """Header checks of one case; returns its slice-first shape and its source geometry."""
-    ishape, iaff, iimg = _header(spec.image)
+def _check_pair(spec: CaseSpec, channel_names: Sequence[str] = ()) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """Header checks of one case (every channel, the label); returns its slice-first shape and source geometry."""
+    n = max(1, len(channel_names))
+    ishape, iaff, iimg = _header(spec.image, 1 if spec.channels else n, channel_names)
+    for k, path in enumerate(spec.channels[1:], 1):
+        _header(path)
+        check_same_grid(path, read_nifti_header(path), spec.image, iimg, f"channel {k} ({channel_names[k]})")
     lshape, laff, _ = _header(spec.label)
     if ishape != lshape:
         raise DataError(f"{spec.label}: label shape {lshape} differs from image shape {ishape} "
@@ -514,11 +566,20 @@ def _check_pair(spec: CaseSpec) -> tuple[tuple[int, int, int], dict[str, Any]]:
 
 
 def _load_case(spec: CaseSpec, settings: _Settings) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    image, spacing, _, _ = load_nifti(spec.image, dtype=np.float32)
+    """Normalised image ``(S, H, W)`` (one channel) or ``(S, C, H, W)``, labels ``(S, H, W)`` and spacing."""
+    n = settings.channels
+    if n == 1:
+        image, spacing, _, _ = load_nifti(spec.image, dtype=np.float32)
+        raws, files = [image], [spec.image]
+    else:
+        raws, spacing, _, _ = load_nifti_channels(spec.image, n, dtype=np.float32,
+                                                  expected=f"{n} channels ({', '.join(settings.channel_names)})")
+        files = spec.channels or [f"{spec.image} (channel {k})" for k in range(n)]
     raw_lab, _, _, _ = load_nifti(spec.label, dtype=np.float64)
-    bad = ~np.isfinite(image)
-    if bad.any():
-        raise DataError(f"{spec.image}: {int(bad.sum())} NaN/Inf voxel(s); fix or re-export the image.")
+    for raw, file in zip(raws, files):
+        bad = ~np.isfinite(raw)
+        if bad.any():
+            raise DataError(f"{file}: {int(bad.sum())} NaN/Inf voxel(s); fix or re-export the image.")
     if not np.all(np.isfinite(raw_lab)) or np.any(raw_lab != np.rint(raw_lab)):
         raise DataError(f"{spec.label}: non-integer label values; labels must be integer class ids "
                         "(save the label map with an integer type, nearest-neighbour resampled).")
@@ -535,7 +596,9 @@ def _load_case(spec: CaseSpec, settings: _Settings) -> tuple[np.ndarray, np.ndar
     lab = raw_lab.astype(np.int64)
     if settings.label_lut is not None:
         lab = np.asarray(settings.label_lut, dtype=np.int64)[lab]
-    return normalize(image, settings.normalization), lab.astype(np.uint8), spacing
+    if n == 1:
+        return normalize(raws[0], settings.normalization), lab.astype(np.uint8), spacing
+    return normalize_channels(raws, settings.normalization), lab.astype(np.uint8), spacing  # (S, C, H, W)
 
 
 # --------------------------------------------------------------------------- writing
@@ -550,11 +613,11 @@ def _save_npz(path: Path, image: np.ndarray, label: np.ndarray) -> None:
 
 
 def _save_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    _, H, W = image.shape
+    H, W = image.shape[-2:]
 
     def w(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("image", data=image.astype(np.float32), chunks=(1, H, W))
+        with h5py.File(tmp, "w") as f:  # image (S, H, W), or (S, C, H, W) for multi-channel data
+            f.create_dataset("image", data=image.astype(np.float32), chunks=(1, *image.shape[1:]))
             f.create_dataset("label", data=label.astype(np.uint8), chunks=(1, H, W))
 
     atomic_write(path, w)
@@ -581,7 +644,7 @@ def _process(args: tuple[CaseSpec, _Settings, str, str]) -> dict[str, Any]:
     rec = {"case_id": spec.case_id, "split": spec.split, "slices": int(image.shape[0]),
            "shape": list(image.shape), "spacing": [float(s) for s in spacing],
            "labels": sorted(int(v) for v in np.unique(label)), "image": spec.image, "label": spec.label,
-           "settings": fp}
+           "settings": fp, **({"channel_files": spec.channels} if spec.channels else {})}
     atomic_write_text(out / "cases" / f"{spec.case_id}.json", json.dumps(rec, indent=1))
     return rec
 
@@ -652,6 +715,7 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     lut: list[int] | None = None
     allowed: list[int] | None = None
     names: list[str] | None = None
+    channel_names: list[str] = []  # input channels declared by dataset.json (nnunet, msd)
     modality = "CT"
     if kind == "synapse":
         specs = _discover_synapse(raw)
@@ -671,7 +735,8 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
             specs, meta = _discover_msd(raw)
         if meta:
             allowed, names, ignore = _label_names(meta, raw / "dataset.json")
-            modality = _modality(meta, raw / "dataset.json") or ""
+            channel_names = _channel_names(meta, raw / "dataset.json")
+            modality = channel_names[0] if len(channel_names) == 1 else ""
             if ignore is not None:  # nnU-Net's ignore label: stored as IGNORE_LABEL, excluded from loss and metrics
                 allowed = [*allowed, ignore]
                 lut = list(range(ignore)) + [IGNORE_LABEL]
@@ -681,8 +746,12 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     if dup:
         raise DataError(f"{raw}: duplicate case ids {dup[:5]}; rename the files so every case id is unique.")
 
-    # Normalisation.
-    if kind == "synapse":
+    # Normalisation (per channel for multi-channel data: each by the scheme of its own name).
+    multi = len(channel_names) > 1
+    if multi:
+        norm_kind = ""
+        modality = "+".join(channel_names)
+    elif kind == "synapse":
         norm_kind = normalization or "ct"
     elif kind == "acdc":
         norm_kind = normalization or "zscore"
@@ -696,14 +765,17 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
         log.info("no modality given: %s (minimum %.0f) looks like %s; using %s normalisation (override with "
                  "--normalization)", specs[0].image, float(first.min()), "CT" if norm_kind == "ct" else "MRI",
                  norm_kind)
-    if norm_kind == "ct":
-        lo, hi = (float(window[0]), float(window[1])) if window is not None else CT_WINDOW
-        norm = {"kind": "ct_window", "low": lo, "high": hi}
-        modality = modality or "CT"
+    norm: dict[str, Any] | list[dict[str, Any]]
+    if multi:
+        norm = [_norm_spec(normalization or NNUNET_NORMALIZATION.get(c.casefold(), "zscore"), window)
+                for c in channel_names]
+        log.info("%d input channels: %s", len(channel_names),
+                 ", ".join(f"{c} ({n['kind']})" for c, n in zip(channel_names, norm)))
     else:
-        norm = {"kind": norm_kind}
-        modality = modality or "MRI"
-    settings = _Settings(kind, norm, lut, allowed, names, modality, raw.name)
+        norm = _norm_spec(norm_kind, window)
+        modality = modality or ("CT" if norm_kind == "ct" else "MRI")
+    settings = _Settings(kind, norm, lut, allowed, names, modality, raw.name,
+                         channel_names=list(channel_names) if multi else [])
     fp = settings.fingerprint()
 
     # Check every pair's headers before writing anything.
@@ -711,7 +783,7 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     geometry: dict[str, dict[str, Any]] = {}
     with tqdm(specs, desc="checking", unit="case", leave=False) as bar:
         for s in bar:
-            shape, geometry[s.case_id] = _check_pair(s)
+            shape, geometry[s.case_id] = _check_pair(s, settings.channel_names)
             slices[s.case_id] = shape[0]
 
     # Output folder state.
@@ -786,10 +858,20 @@ def prepare(kind: str, raw: str | Path, out: str | Path, *, val_cases: int | Non
     }
     if lut is not None and IGNORE_LABEL in lut:
         info["ignore_label"] = IGNORE_LABEL
+    if multi:  # one-channel datasets keep the version-1 format exactly
+        info.update(version=VERSION_MULTICHANNEL, channels=len(channel_names), channel_names=list(channel_names))
     atomic_write_text(meta_path, json.dumps(info, indent=1))
     log.info("prepared %d case(s) (train %d / val %d / test %d, %d training slices) in %s", len(specs),
              len(splits["train"]), len(splits["val"]), len(splits["test"]), len(train_slices), out)
     return out
+
+
+def _norm_spec(kind: str, window: Sequence[float] | None) -> dict[str, Any]:
+    """The normalisation record of a scheme name (``ct``: the window, default [-125, 275] HU)."""
+    if kind == "ct":
+        lo, hi = (float(window[0]), float(window[1])) if window is not None else CT_WINDOW
+        return {"kind": "ct_window", "low": lo, "high": hi}
+    return {"kind": kind}
 
 
 def _rollback(out: Path, todo: list[CaseSpec], slices: dict[str, int], created_out: bool) -> None:

@@ -22,6 +22,11 @@ order (:func:`sample_params`) and applies them two ways:
 Optional extras, off by default and drawn after the official parameters so enabling them never
 changes the official draws: elastic deformation (smooth random displacement), intensity scale and
 shift, and gamma. They are applied after the resize, on the network-sized slice.
+
+Multi-channel slices ``(C, H, W)`` (e.g. T2 + ADC): every channel and the label get the same
+geometric transform (rot90/flip, rotation, elastic field, resize); the intensity extras act on each
+channel alone, with their own draws (as nnU-Net's per-channel intensity augmentation), drawn after
+all the draws of a one-channel slice so channel 0 and one-channel data see exactly the same values.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +59,8 @@ class AugParams:
         scale: Intensity factor (1 = unchanged).
         shift: Intensity offset (0 = unchanged).
         gamma: Gamma exponent (1 = unchanged).
+        channel_intensity: ``(scale, shift, gamma)`` of channels 1, 2, ... of a multi-channel slice
+            (the fields above are channel 0's); empty for one channel.
     """
 
     kind: str = "none"
@@ -64,11 +71,19 @@ class AugParams:
     scale: float = 1.0
     shift: float = 0.0
     gamma: float = 1.0
+    channel_intensity: tuple[tuple[float, float, float], ...] = ()
+
+    def for_channel(self, c: int) -> AugParams:
+        """The parameters of channel ``c``: the same geometry, that channel's intensity draws."""
+        if c == 0:
+            return self
+        scale, shift, gamma = self.channel_intensity[c - 1]
+        return replace(self, scale=scale, shift=shift, gamma=gamma, channel_intensity=())
 
 
 def sample_params(rng: np.random.Generator, *, official: bool = True, elastic: bool = False,
                   intensity: bool = False, gamma: bool = False, elastic_grid: int = 5,
-                  elastic_sigma: float = 0.02, out_size: Sequence[int] = (224, 224)) -> AugParams:
+                  elastic_sigma: float = 0.02, out_size: Sequence[int] = (224, 224), channels: int = 1) -> AugParams:
     """Draw the augmentation of one slice, in the official order of draws.
 
     Args:
@@ -80,6 +95,8 @@ def sample_params(rng: np.random.Generator, *, official: bool = True, elastic: b
         elastic_grid: Control points per side of the displacement field.
         elastic_sigma: Standard deviation of the control displacements, as a fraction of the size.
         out_size: Output size, to express elastic displacements in pixels.
+        channels: Input channels; channels 1, 2, ... get their own intensity/gamma draws, made after
+            all of channel 0's (so one-channel draws never change).
     """
     kind, k, axis, angle = "none", 0, 0, 0
     if official:
@@ -97,7 +114,15 @@ def sample_params(rng: np.random.Generator, *, official: bool = True, elastic: b
     g = 1.0
     if gamma and rng.random() < 0.5:
         g = float(math.exp(rng.uniform(math.log(0.7), math.log(1.5))))
-    return AugParams(kind, k, axis, angle, field, scale, shift, g)
+    more = []
+    for _ in range(1, channels):
+        c_scale, c_shift, c_g = 1.0, 0.0, 1.0
+        if intensity:
+            c_scale, c_shift = float(rng.uniform(0.9, 1.1)), float(rng.uniform(-0.1, 0.1))
+        if gamma and rng.random() < 0.5:
+            c_g = float(math.exp(rng.uniform(math.log(0.7), math.log(1.5))))
+        more.append((c_scale, c_shift, c_g))
+    return AugParams(kind, k, axis, angle, field, scale, shift, g, tuple(more))
 
 
 # --------------------------------------------------------------------------- scipy reference
@@ -391,25 +416,30 @@ class SliceAugmenter:
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.official, self.elastic, self.intensity, self.gamma = official, elastic, intensity, gamma
 
-    def params(self, rng: np.random.Generator) -> AugParams:
-        """Draw the parameters of one slice."""
+    def params(self, rng: np.random.Generator, channels: int = 1) -> AugParams:
+        """Draw the parameters of one slice (with ``channels`` input channels)."""
         return sample_params(rng, official=self.official, elastic=self.elastic, intensity=self.intensity,
-                             gamma=self.gamma, out_size=self.out_size)
+                             gamma=self.gamma, out_size=self.out_size, channels=channels)
 
     def __call__(self, image: np.ndarray, label: np.ndarray,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one slice.
 
         Args:
-            image: ``(H, W)`` float array.
+            image: ``(H, W)`` float array, or ``(C, H, W)`` for multi-channel data (every channel gets
+                the label's geometric transform, and its own intensity draws).
             label: ``(H, W)`` integer array.
             rng: Random generator of this slice.
 
         Returns:
-            ``(image (h, w) float32, label (h, w) int64)`` tensors.
+            ``(image (h, w) or (C, h, w) float32, label (h, w) int64)`` tensors.
         """
-        p = self.params(rng)
         img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         lab = torch.from_numpy(np.ascontiguousarray(label))
-        out_img, out_lab = augment_batch([img], [lab], [p], self.out_size)
-        return out_img[0], out_lab[0]
+        if img.ndim == 2:
+            out_img, out_lab = augment_batch([img], [lab], [self.params(rng)], self.out_size)
+            return out_img[0], out_lab[0]
+        p = self.params(rng, channels=img.shape[0])
+        params = [p.for_channel(c) for c in range(img.shape[0])]
+        out_img, out_lab = augment_batch(list(img), [lab] * len(params), params, self.out_size)  # (C, h, w)
+        return out_img, out_lab[0]

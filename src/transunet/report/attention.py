@@ -189,7 +189,7 @@ def slice_attention(
     Args:
         model: A model with ``attention_kind == "global"`` (see
             :meth:`~transunet.models.base.SegmentationModel.capture_attention`).
-        image: Normalised slice ``(H, W)``.
+        image: Normalised slice ``(H, W)``, or ``(C, H, W)`` for a multi-channel model.
         point: Query pixel ``(row, col)`` in the slice.
         img_size: Network input ``(h, w)``.
         device: Device of the model.
@@ -202,14 +202,15 @@ def slice_attention(
     """
     from transunet.infer import _resize_slice
 
-    if image.ndim != 2:
-        raise ValueError(f"slice_attention expects an (H, W) slice, got shape {image.shape}.")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"slice_attention expects an (H, W) or (C, H, W) slice, got shape {image.shape}.")
     name = getattr(model, "model_name", type(model).__name__)
     if not supports_attention(model):
         raise TransUNetError(f"{name} has no global token attention (attention_kind="
                              f"{getattr(model, 'attention_kind', None)!r}); attention maps need a transformer encoder.")
     x = _resize_slice(np.asarray(image, dtype=np.float32), img_size, 3)
-    xt = torch.from_numpy(np.ascontiguousarray(x)).float()[None, None].to(device)  # (1, 1, h, w)
+    xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    xt = (xt[None, None] if x.ndim == 2 else xt[None]).to(device)  # (1, C, h, w)
     was_training = model.training
     model.eval()
     try:
@@ -221,7 +222,7 @@ def slice_attention(
     if not attentions or cap.grid is None:
         raise TransUNetError(f"{name} recorded no global attention maps.")
     grid = (int(cap.grid[0]), int(cap.grid[1]))
-    query = token_index(point, image.shape, grid)
+    query = token_index(point, image.shape[-2:], grid)
     heads = head_maps(attentions[-1], query, grid)
     roll = attention_rollout(attentions)[0, query].numpy().reshape(grid)  # (gh, gw)
     return AttentionResult(heads=heads, rollout=roll, grid=grid, query=query,

@@ -338,7 +338,7 @@ def make_report(
             else:
                 sec.body.append(_note(f"{case_id}: no saved prediction and no checkpoint to predict with."))
                 continue
-            rows = [plots.OverlayRow(f"{case_id}, slice {i}", vol.image[i], vol.label[i], pred_slices[j])
+            rows = [plots.OverlayRow(f"{case_id}, slice {i}", vol.display_slice(i), vol.label[i], pred_slices[j])
                     for j, i in enumerate(idx)]
             proto = "corrected" if cases.get(case_id, {}).get("mean_dice_corrected") is not None else "official"
             title = f"{kind} case {case_id}: mean Dice {score * 100:.2f}% ({proto})"
@@ -363,7 +363,8 @@ def make_report(
     elif attention_input is None:
         sec.body.append(_note("No slice with ground truth available to place the query token."))
     else:
-        case_id, image, label, s = attention_input
+        case_id, image, label, s = attention_input  # image: the model's input slice, (H, W) or (C, H, W)
+        shown = image if image.ndim == 2 else image[0]  # figures draw the first channel
         areas = {int(v): int((label == v).sum()) for v in np.unique(label) if v > 0}
         organ = max(areas, key=lambda k: areas[k])
         point = att.query_point(label == organ)
@@ -374,14 +375,14 @@ def make_report(
             sec.body.append(_note(f"{model_name} did not give attention maps ({' '.join(str(e).split())})."))
         else:
             where = f"{case_id}, slice {s}, query at the centre of the {organ_name}"
-            page.figure(sec, plots.plot_attention_rollout(image, res, label, class_names,
+            page.figure(sec, plots.plot_attention_rollout(shown, res, label, class_names,
                                                           f"Attention of one token: {where}"),
                         "attention_rollout.png",
                         f"{where}. Left: query (cyan ×) over the ground truth. Middle: the last layer's "
                         "attention averaged over heads. Right: attention rollout (Abnar & Zuidema 2020: "
                         "heads averaged, identity added for the residual path, rows renormalised, "
                         f"multiplied over the {res.n_layers} layers).")
-            page.figure(sec, plots.plot_attention_heads(image, res, f"Last layer, per head: {where}"),
+            page.figure(sec, plots.plot_attention_heads(shown, res, f"Last layer, per head: {where}"),
                         "attention_heads.png",
                         f"{where}. What each head of layer {res.n_layers} attends to from the query token "
                         f"(token grid {res.grid[0]}×{res.grid[1]} upsampled over the slice).")

@@ -330,7 +330,7 @@ def _overlay_section(page: _Page, sec: Any, result: dict[str, Any], device: str,
         return
     seed = m["runs"][0].get("seed")
     title = f"{case}, slice {s} (median case of the reference; first seed{'' if seed is None else f' {seed}'})"
-    page.figure(sec, plot_model_overlays(vol.image[s], vol.label[s], preds, result["class_names"], title),
+    page.figure(sec, plot_model_overlays(vol.display_slice(s), vol.label[s], preds, result["class_names"], title),
                 "overlay_models.png",
                 f"{title}: the image, the ground truth, then each model's prediction (yellow: ground-truth "
                 "outline). The slice has the most foreground of the case.")

@@ -163,6 +163,7 @@ def _dataset_facts(cfg: ExperimentConfig) -> tuple[dict[str, Any], list[str], li
             f"{len(class_names)} classes ({', '.join(class_names)}); set "
             f"model.num_classes={len(class_names)}."
         )
+    _check_channels(cfg, info)
     val_cases: list[str] = []
     if cfg.data.val_split is not None and cfg.train.val_every > 0:
         try:
@@ -176,6 +177,59 @@ def _dataset_facts(cfg: ExperimentConfig) -> tuple[dict[str, Any], list[str], li
                 "(best.pt is then the final model)."
             )
     return info, class_names, val_cases
+
+
+def _check_channels(cfg: ExperimentConfig, info: dict[str, Any]) -> None:
+    """One ConfigError when ``model.in_channels`` does not fit the dataset's input channels."""
+    n = int(info.get("channels", 1) or 1)
+    ok = (1, 3) if n == 1 else (n,)
+    if cfg.model.in_channels not in ok:
+        names = info.get("channel_names") or []
+        what = f"{n} input channels ({', '.join(map(str, names))})" if n > 1 else "1 input channel"
+        fix = f"model.in_channels={n}" if n > 1 else "model.in_channels=1 (or 3: grey slices are repeated)"
+        raise ConfigError(f"model.in_channels={cfg.model.in_channels} but dataset {cfg.data.root} has {what}; set "
+                          f"{fix}, or leave it at the default 1, which follows the data.")
+
+
+def with_data_channels(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``model.in_channels`` taken from a multi-channel dataset.
+
+    ``model.in_channels`` at its default 1 follows the data: a dataset with ``channels: N > 1`` in its
+    ``dataset.json`` builds the model with ``in_channels=N`` (and the run's config records it). Any
+    other value must equal ``N`` (1 or 3 for one-channel data), else one :class:`ConfigError`.
+
+    Args:
+        cfg: Experiment config (returned unchanged when the dataset cannot be read here: training
+            reports that problem itself).
+    """
+    from dataclasses import replace
+
+    from transunet.data.datasets import read_dataset_info
+
+    root = Path(cfg.data.root)
+    if not (root / "dataset.json").is_file():
+        return cfg
+    try:
+        info = read_dataset_info(root)
+    except DataError:
+        return cfg
+    n = int(info.get("channels", 1) or 1)
+    if n > 1 and cfg.model.in_channels == 1:
+        log.info("dataset %s has %d input channels (%s): the model is built with in_channels=%d", root, n,
+                 ", ".join(map(str, info.get("channel_names") or [])), n)
+        cfg = replace(cfg, model=replace(cfg.model, in_channels=n))
+    _check_channels(cfg, info)
+    if n > 1:  # architectures whose first layer keeps the 3-channel pretrained layout take 1 or 3 channels only
+        from transunet.registry import create_model
+
+        try:
+            with torch.device("meta"):
+                create_model(cfg.model.name, **cfg.model.model_kwargs())
+        except (ValueError, TypeError) as e:
+            if "in_channels" in str(e):
+                raise ConfigError(f"model: {e} Dataset {root} has {n} input channels: choose a model that takes "
+                                  f"{n} channels (e.g. UNet, AttentionUNet, UNetPlusPlus or UNETR).") from None
+    return cfg
 
 
 def _preflight(cfg: ExperimentConfig, paths: RunPaths, resume: bool, world_size: int) -> None:
@@ -348,6 +402,7 @@ class Trainer:
         from transunet.data.datasets import SliceDataset
         from transunet.registry import create_model
 
+        cfg = with_data_channels(cfg)  # model.in_channels from a multi-channel dataset
         self.cfg = cfg
         self.info = info
         self.device = info.device
@@ -365,6 +420,9 @@ class Trainer:
             "normalization": self.dataset_info.get("normalization"),
             "modality": self.dataset_info.get("modality"),
         }
+        channels = int(self.dataset_info.get("channels", 1) or 1)
+        if channels > 1:  # one-channel runs keep the original record
+            self.preprocessing.update(channels=channels, channel_names=self.dataset_info.get("channel_names"))
 
         seed_everything(derive_seed(cfg.train.seed))  # identical initial weights on every rank
         configure_determinism(cfg.train.deterministic)
@@ -730,6 +788,7 @@ def train(cfg: ExperimentConfig | dict[str, Any] | str | Path, resume: bool = Fa
         cfg = load_config(cfg)
     if stop_after_epochs is not None and stop_after_epochs < 1:
         raise ConfigError(f"stop_after_epochs={stop_after_epochs} must be >= 1 or None.")
+    cfg = with_data_channels(cfg)
     device = resolve_device(cfg.device)
     amp_dtype_for(cfg.train.amp, device)
     _, world, _ = env_world()
