@@ -1,0 +1,348 @@
+"""Speed of the fast paths against the reference eager float32 path, in one run, with tolerances.
+
+The reference is the plain model in eager float32 (the computation proven equal to the official
+code by the parity tests). Four rows, as in the speed issue: inference at 224 (batch 8), a
+training step at 224 (batch 4), inference at 512 (batch 1), a training step at 512 (batch 2), all
+on R50-ViT-B_16 with 9 classes. Each (row, path) runs in a fresh process, so its peak resident
+memory (``VmHWM``) is its own; processes start with glibc settings that return freed memory at
+once (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), so the peak follows live tensors.
+
+Paths (the names used by ``--paths``):
+
+* inference: ``eager`` (reference), ``fast`` (:meth:`SegmentationModel.for_inference`: frozen
+  kernels, BatchNorm folding, oneDNN linear), ``fast_cl`` (+ channels-last), ``compiled``
+  (+ ``torch.compile`` with freezing), ``bf16_autocast`` (plain model under autocast), ``bf16``
+  (inference copy in bfloat16), ``bf16_compiled``;
+* training step (forward, 0.5 CE + 0.5 Dice, backward, SGD with momentum): ``eager``,
+  ``fast`` (oneDNN linear, ``train.fast_kernels``), ``compiled`` (``train.compile``),
+  ``bf16_autocast``, ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
+  checkpointing, ``train.checkpointing``).
+
+Checks (printed as ``ok``/``FAIL``; the exit code is 1 when one fails): float32 inference paths
+give logits within 1e-4 of the reference; float32 training paths give the reference's first-step
+loss within 1e-4 and every parameter's gradient norm within 1e-3 (relative; over gradients at least 1e-4 of the largest,
+since some are zero in exact arithmetic and pure rounding noise, e.g. attention key biases). bf16 paths are
+judged on Dice: with ``--demo-run RUN`` the demo checkpoint's test cases are evaluated in float32
+and with the bf16 inference copy, and the mean Dice must move by less than 0.2 points.
+
+Usage::
+
+    python benchmarks/bench_speed.py                               # all rows, CPU, 2 threads
+    python benchmarks/bench_speed.py --rows infer224 --paths eager fast bf16
+    python benchmarks/bench_speed.py --demo-run transunet_demo/runs/demo_cpu_transunet_tiny
+    python benchmarks/bench_speed.py --gemm                        # GEMM rates: MKL vs oneDNN
+    python benchmarks/bench_speed.py --device cuda                 # GPU rows (fp16/bf16, compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROWS = {  # name: (kind, image size, batch)
+    "infer224": ("infer", 224, 8),
+    "train224": ("train", 224, 4),
+    "infer512": ("infer", 512, 1),
+    "train512": ("train", 512, 2),
+}
+INFER_PATHS = ["eager", "fast", "fast_cl", "compiled", "bf16_autocast", "bf16", "bf16_compiled"]
+TRAIN_PATHS = ["eager", "fast", "compiled", "bf16_autocast", "bf16_compiled", "fast_ckpt", "bf16_ckpt"]
+CUDA_INFER_PATHS = ["eager", "fast", "fast_cl", "compiled", "fp16", "bf16", "fp16_compiled"]
+CUDA_TRAIN_PATHS = ["eager", "fast", "compiled", "fp16_autocast", "bf16_autocast", "fp16_compiled", "fast_ckpt"]
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+LOGIT_TOL = 1e-4
+LOSS_TOL = 1e-4
+GRAD_NORM_RTOL = 1e-3
+DICE_TOL = 0.2
+
+
+def _vm(key: str) -> float:
+    """A ``/proc/self/status`` memory entry in MiB (NaN where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------- worker (one process per row and path)
+
+
+def _dtype(path: str):
+    import torch
+
+    return torch.bfloat16 if path.startswith("bf16") else torch.float16 if path.startswith("fp16") else None
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    from transunet.losses import DiceCELoss
+    from transunet.registry import create_model
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    kind, size, batch = ROWS[spec["row"]]
+    path = spec["path"]
+    torch.manual_seed(0)
+    model = create_model(spec["model"], num_classes=9, img_size=(size, size)).to(device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 1, size, size, generator=g).to(device)
+    y = torch.randint(0, 9, (batch, size, size), generator=g).to(device)
+    dtype = _dtype(path)
+    out: dict = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if kind == "infer":
+        model.eval()
+        if path == "eager" or path.endswith("_autocast"):
+            def run():
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    return model(x).float()
+        else:
+            fast = model.for_inference(dtype=dtype, channels_last=path.endswith("_cl"),
+                                       compile=path.endswith("compiled"))
+            del model
+
+            def run():
+                return fast(x)
+        base_rss = _vm("VmRSS")
+        t0 = time.perf_counter()
+        logits = run()  # warm-up (compiles where asked)
+        _sync(device)
+        out["first_s"] = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["iters"]):
+            t0 = time.perf_counter()
+            logits = run()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        out["logits"] = logits.float().cpu()
+    else:
+        model.train()
+        if path.startswith("fast") or path.endswith("compiled") or path.endswith("_ckpt"):
+            model.use_fast_kernels()
+        if path.endswith("_ckpt"):
+            model.set_checkpointing()
+        fwd = torch.compile(model) if path.endswith("compiled") else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        loss_fn = DiceCELoss(9)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+        def run():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = fwd(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            return loss
+
+        base_rss = _vm("VmRSS")
+        torch.manual_seed(2)  # the same dropout masks in every path's first step
+        t0 = time.perf_counter()
+        loss = run()
+        _sync(device)
+        out["first_s"] = time.perf_counter() - t0
+        out["loss0"] = float(loss.detach())
+        out["grad_norms"] = [float(p.grad.float().norm()) if p.grad is not None else 0.0
+                             for p in model.parameters()]
+        scaler.step(opt)
+        scaler.update()
+        times = []
+        for _ in range(spec["iters"]):
+            t0 = time.perf_counter()
+            run()
+            scaler.step(opt)
+            scaler.update()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    out.update(best_s=min(times), median_s=sorted(times)[len(times) // 2], peak_mib=_vm("VmHWM"),
+               step_mib=_vm("VmHWM") - base_rss)
+    if device.type == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_child(spec: dict, tmp: Path) -> dict:
+    """Run one (row, path) in a fresh process; tensors come back through a file."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if spec["device"] == "cpu":
+        env.update(MALLOC_ENV)
+    result = tmp / f"{spec['row']}_{spec['path']}.pt"
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**spec, "out": str(result)})],
+                          capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0 or not result.exists():
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
+        return {"error": err[-1][:200]}
+    import torch
+
+    return torch.load(result, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check(row_kind: str, path: str, ref: dict, r: dict) -> str:
+    """``ok``/``FAIL`` against the reference (float32 paths), or the bf16/fp16 logit deviation."""
+    import torch
+
+    if "error" in r or "error" in ref:
+        return "-"
+    low = path.startswith(("bf16", "fp16"))
+    if row_kind == "infer":
+        diff = float((r["logits"] - ref["logits"]).abs().max())
+        if low:
+            return f"max |dlogit| {diff:.2g} (Dice: --demo-run)"
+        return f"{'ok' if diff <= LOGIT_TOL else 'FAIL'} max |dlogit| {diff:.1e}"
+    if low:
+        return f"loss {r['loss0']:.4f} vs {ref['loss0']:.4f}"
+    dl = abs(r["loss0"] - ref["loss0"])
+    a, b = torch.tensor(r["grad_norms"]), torch.tensor(ref["grad_norms"])
+    big = b >= 1e-4 * b.max()  # e.g. attention key biases have a zero gradient in exact arithmetic: noise
+    rel = float(((a - b).abs() / b.clamp_min(1e-30))[big].max())
+    ok = dl <= LOSS_TOL and rel <= GRAD_NORM_RTOL
+    return f"{'ok' if ok else 'FAIL'} |dloss| {dl:.1e}, grad norms {rel:.1e}"
+
+
+def demo_dice(run: Path, device: str) -> tuple[str, bool]:
+    """Mean Dice of the demo checkpoint's test cases: float32 reference vs the bf16 inference copy."""
+    from transunet.evaluate import evaluate
+    from transunet.infer import Predictor
+
+    dice = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, precision, fast in (("fp32 eager", "fp32", False), ("fp32 fast", "fp32", True),
+                                      ("bf16 fast", "bf16", True)):
+            pred = Predictor.from_checkpoint(run, device=device, precision=precision, fast=fast)
+            out = evaluate(run, out_dir=Path(tmp) / name.replace(" ", "_"), predictor=pred, device=device)
+            summary = json.loads((out / "summary.json").read_text())
+            dice[name] = 100 * float(summary["protocols"]["official"]["mean"]["dice"])
+    d_fast = abs(dice["fp32 fast"] - dice["fp32 eager"])
+    d_bf16 = abs(dice["bf16 fast"] - dice["fp32 eager"])
+    ok = d_bf16 < DICE_TOL and d_fast < 1e-6
+    text = (f"demo test cases, mean Dice (official protocol): fp32 eager {dice['fp32 eager']:.3f}, fp32 fast "
+            f"{dice['fp32 fast']:.3f} (change {d_fast:.3f}), bf16 {dice['bf16 fast']:.3f} (change {d_bf16:.3f} "
+            f"points, limit {DICE_TOL}): {'ok' if ok else 'FAIL'}")
+    return text, ok
+
+
+def gemm_rates(threads: int) -> None:
+    """GFLOP/s of the transformer's GEMM shapes (R50-ViT-B_16, 224, batch 8) through MKL and oneDNN."""
+    import torch
+    import torch.nn.functional as F
+
+    from transunet.layers.fast import linear, onednn_linear_available
+
+    torch.set_num_threads(threads)
+
+    def rate(f, flops: float) -> float:
+        f()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f()
+            best = min(best, time.perf_counter() - t0)
+        return flops / best / 1e9
+
+    print(f"# GEMM rates, {threads} threads, oneDNN linear available: {onednn_linear_available()}")
+    print("| M x K x N | F.linear fp32 (MKL) | oneDNN fp32 | F.linear bf16 | conv 3x3 fp32 (oneDNN) |")
+    print("|---|---:|---:|---:|---:|")
+    for m, k, n in ((1568, 768, 2304), (1568, 768, 3072), (1568, 3072, 768)):
+        x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+        fl = 2.0 * m * k * n
+        xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+        print(f"| {m} x {k} x {n} | {rate(lambda: F.linear(x, w, b), fl):.0f} | {rate(lambda: linear(x, w, b), fl):.0f}"
+              f" | {rate(lambda: F.linear(xb, wb, bb), fl):.0f} | |")
+    xc, wc = torch.randn(8, 256, 56, 56), torch.randn(256, 256, 3, 3)
+    fl = 2.0 * 8 * 256 * 56 * 56 * 256 * 9
+    print(f"| conv 8x256x56x56, 256 3x3 | | | | {rate(lambda: F.conv2d(xc, wc, padding=1), fl):.0f} |")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--paths", nargs="+", default=None, help="paths to run (default: all of the device's)")
+    p.add_argument("--model", default="R50-ViT-B_16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--iters", type=int, default=3, help="timed repetitions after one warm-up")
+    p.add_argument("--demo-run", type=Path, default=None, help="demo run folder for the bf16 Dice check")
+    p.add_argument("--gemm", action="store_true", help="print GEMM rates (MKL vs oneDNN) and exit")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        res = worker(spec)
+        import torch
+
+        torch.save(res, spec["out"])
+        return 0
+    if args.gemm:
+        gemm_rates(args.threads)
+        return 0
+
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    print(f"# {args.model}, 9 classes, device {args.device}, {args.threads} threads, torch {torch.__version__}, "
+          f"{args.iters} timed repetitions after a warm-up (time: best; median beside it)", flush=True)
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows:
+            kind, size, batch = ROWS[row]
+            paths = args.paths or (CUDA_INFER_PATHS if cuda else INFER_PATHS) if kind == "infer" else \
+                args.paths or (CUDA_TRAIN_PATHS if cuda else TRAIN_PATHS)
+            paths = ["eager"] + [q for q in paths if q != "eager"]
+            what = "inference" if kind == "infer" else "training step"
+            print(f"\n## {what} {size}x{size}, batch {batch}\n")
+            print("| path | time s (best) | median s | speed-up | first call s | peak RSS MiB | above start MiB "
+                  f"|{' CUDA peak MiB |' if cuda else ''} check |")
+            print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "") + "---|")
+            ref: dict | None = None
+            for path in paths:
+                spec = {"row": row, "path": path, "model": args.model, "device": args.device,
+                        "threads": args.threads, "iters": args.iters}
+                r = run_child(spec, Path(tmp))
+                if "error" in r:
+                    print(f"| {path} | failed: {r['error']} |", flush=True)
+                    failed = failed or path == "eager"
+                    continue
+                if ref is None:
+                    ref = r
+                verdict = "reference" if r is ref else check(kind, path, ref, r)
+                failed = failed or verdict.startswith("FAIL")
+                line = (f"| {path} | {r['best_s']:.3f} | {r['median_s']:.3f} | {ref['best_s'] / r['best_s']:.2f}x | "
+                        f"{r['first_s']:.1f} | {r['peak_mib']:.0f} ({r['peak_mib'] / ref['peak_mib']:.2f}x) | "
+                        f"{r['step_mib']:.0f} |")
+                if cuda:
+                    line += f" {r.get('cuda_peak_mib', float('nan')):.0f} |"
+                print(line + f" {verdict} |", flush=True)
+    if args.demo_run is not None:
+        text, ok = demo_dice(args.demo_run, args.device)
+        print("\n" + text)
+        failed = failed or not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
