@@ -502,6 +502,7 @@ def test_3d_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
 def test_3d_against_monai(tmp_path: Path) -> None:
     """Optional (test extra): MONAI's own 3D UNETR, weights moved off init, loads and matches."""
     monai_nets = pytest.importorskip("monai.networks.nets")
+    pytest.importorskip("einops")  # MONAI's ViT blocks need it
     kw = {"feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2}
     for proj_type, norm_name in (("conv", "instance"), ("perceptron", "batch")):
         ref = monai_nets.UNETR(
