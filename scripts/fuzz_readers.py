@@ -123,6 +123,21 @@ def _gz_file(name: str) -> Callable[[Path, bytes], Path]:
     return write
 
 
+def _channel_pair(second: bytes) -> Callable[[Path, bytes], Path]:
+    def write(d: Path, data: bytes) -> Path:  # nnU-Net layout: the fuzzed channel 1 beside a valid channel 0
+        (d / "case_0000.nii").write_bytes(second)
+        p = d / "case_0001.nii"
+        p.write_bytes(data)
+        return d / "case_0000.nii"
+    return write
+
+
+def _read_channels(path: Path) -> object:
+    from transunet.data.nifti import load_nifti_channels
+
+    return load_nifti_channels(path, 2)
+
+
 _SPLIT = b"\0--member--\0"
 
 
@@ -261,6 +276,7 @@ def make_seeds(work: Path) -> dict[str, Any]:
     nii = []
     for p in sorted((raw / "images").iterdir())[:1] + sorted((raw / "labels").iterdir())[:1]:
         nii.append(nib.load(str(p)).to_bytes())  # uncompressed bytes of what save_like wrote
+    four_d = nib.Nifti1Image(rng.normal(0, 100, (8, 8, 3, 2)).astype(np.float32), np.diag([0.8, 0.8, 2.5, 1.0]))
     save_config(load_config(None), work / "config.yaml")
     model = torch.nn.Linear(3, 2)
     save_checkpoint(work / "c.pt", model, "R50-ViT-B_16", {"num_classes": 2, "img_size": [32, 32]},
@@ -270,7 +286,7 @@ def make_seeds(work: Path) -> dict[str, Any]:
     np.savez(g, **{"Transformer/posembed_input/pos_embedding": rng.normal(size=(1, 5, 16)).astype(np.float32),
                    "embedding/bias": np.zeros(16, np.float32), "Transformer/encoder_norm/scale": np.ones(16, "f4")})
     return {
-        "nifti": nii, "nifti_gz": nii,
+        "nifti": nii, "nifti_gz": nii, "nifti_4d": [four_d.to_bytes()], "nifti_channels": nii[:1],
         "npz": [p.read_bytes() for p in sorted((out / "train_npz").iterdir())[:2]],
         "npz_members": [_npy_pair(p.read_bytes()) for p in sorted((out / "train_npz").iterdir())[:2]],
         "h5": [p.read_bytes() for p in sorted((out / "test_vol_h5").iterdir())[:1]],
@@ -292,6 +308,8 @@ def make_targets(seeds: dict[str, Any]) -> dict[str, Target]:
     return {t.name: t for t in [
         Target("nifti", _file("img.nii"), load_nifti, seeds["nifti"]),
         Target("nifti_gz", _gz_file("img.nii.gz"), load_nifti, seeds["nifti_gz"]),
+        Target("nifti_4d", _file("img4d.nii"), _read_channels, seeds["nifti_4d"]),
+        Target("nifti_channels", _channel_pair(seeds["nifti"][0]), _read_channels, seeds["nifti_channels"]),
         Target("npz", _file("case0_slice000.npz"), read_npz_slice, seeds["npz"]),
         Target("npz_members", _npz_members("case0_slice001.npz"), read_npz_slice, seeds["npz_members"]),
         Target("h5", _file("case0.npy.h5"), _read_slice_h5, seeds["h5"]),
