@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3, help="timed repetitions after one warm-up")
     p.add_argument("--demo-run", type=Path, default=None, help="demo run folder for the bf16 Dice check")
     p.add_argument("--gemm", action="store_true", help="print GEMM rates (MKL vs oneDNN) and exit")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for results.json and speed.png (speed-up and peak memory per path, per row)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.model}, 9 classes, device {args.device}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.iters} timed repetitions after a warm-up (time: best; median beside it)", flush=True)
     failed = False
+    table: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows:
             kind, size, batch = ROWS[row]
@@ -333,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is None:
                     ref = r
                 verdict = "reference" if r is ref else check(kind, path, ref, r)
+                table.setdefault(row, []).append({
+                    "path": path, "best_s": r["best_s"], "median_s": r["median_s"], "first_s": r["first_s"],
+                    "speedup": ref["best_s"] / r["best_s"], "peak_mib": r["peak_mib"],
+                    "peak_ratio": r["peak_mib"] / ref["peak_mib"], "check": verdict})
                 failed = failed or verdict.startswith("FAIL")
                 line = (f"| {path} | {r['best_s']:.3f} | {r['median_s']:.3f} | {ref['best_s'] / r['best_s']:.2f}x | "
                         f"{r['first_s']:.1f} | {r['peak_mib']:.0f} ({r['peak_mib'] / ref['peak_mib']:.2f}x) | "
@@ -340,11 +347,53 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     line += f" {r.get('cuda_peak_mib', float('nan')):.0f} |"
                 print(line + f" {verdict} |", flush=True)
+    demo = None
     if args.demo_run is not None:
-        text, ok = demo_dice(args.demo_run, args.device)
-        print("\n" + text)
+        demo, ok = demo_dice(args.demo_run, args.device)
+        print("\n" + demo)
         failed = failed or not ok
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"model": args.model, "device": args.device, "threads": args.threads, "torch": torch.__version__,
+                "iters": args.iters, "demo_dice": demo}
+        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
+        plot(table, args.out / "speed.png", f"{args.model}, {args.device}, {args.threads} threads")
+        print(f"\nwrote {args.out / 'results.json'} and {args.out / 'speed.png'}")
     return 1 if failed else 0
+
+
+def plot(table: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Bar chart: speed-up over the reference (top) and peak memory relative to it (bottom), per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ROWS if r in table]
+    fig, axes = plt.subplots(2, len(rows), figsize=(3.6 * len(rows), 6.2), squeeze=False)
+    for j, row in enumerate(rows):
+        kind, size, batch = ROWS[row]
+        entries = table[row]
+        names = [e["path"] for e in entries]
+        colors = ["#888888" if n == "eager" else "#d62728" if e["check"].startswith("FAIL") else
+                  "#1f77b4" if not n.startswith(("bf16", "fp16")) else "#ff7f0e" for n, e in zip(names, entries)]
+        panels = (("speedup", "speed-up vs eager fp32"), ("peak_ratio", "peak memory / eager"))
+        for i, (key, label) in enumerate(panels):
+            ax = axes[i][j]
+            vals = [e[key] for e in entries]
+            ax.barh(range(len(vals)), vals, color=colors)
+            ax.axvline(1.0, color="black", lw=0.8)
+            ax.set_yticks(range(len(vals)), names, fontsize=8)
+            ax.invert_yaxis()
+            for k, v in enumerate(vals):
+                ax.text(v, k, f" {v:.2f}x", va="center", fontsize=7)
+            ax.set_xlabel(label, fontsize=8)
+            if i == 0:
+                ax.set_title(f"{'inference' if kind == 'infer' else 'training step'} {size}, batch {batch}", fontsize=9)
+    fig.suptitle(f"{title} (blue fp32, orange bf16/fp16)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
