@@ -194,11 +194,28 @@ def test_nnunet_two_channels_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     bad = _config(tmp_path / "bad.yaml", data, tmp_path / "runs2", in_channels=3)
     err = _one_error(capsys, ["train", str(bad)])
     assert "model.in_channels=3" in err and "2 input channels (T2, CT)" in err and "model.in_channels=2" in err
-    # an architecture that takes 1 or 3 channels only (its first layer keeps the RGB-pretrained layout)
-    tiny = _config(tmp_path / "tiny.yaml", data, tmp_path / "runs3", name="TransUNet-Tiny", args={})
-    err = _one_error(capsys, ["train", str(tiny)])
-    assert "TransUNet-Tiny" in err and "2 input channels" in err and "UNet" in err
-    assert not (tmp_path / "runs2").exists() and not (tmp_path / "runs3").exists()
+    assert not (tmp_path / "runs2").exists()
+
+
+def test_rgb_pretrained_model_trains_on_two_channels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model whose first convolution keeps the RGB-pretrained layout takes N channels too: 3-channel
+    pretrained weights are adapted to the data's 2 channels, with a warning."""
+    from transunet import create_model
+
+    data = tmp_path / "data"
+    assert main(["prepare", "nnunet", str(nnunet_raw(tmp_path / "Dataset601_Two", n=3)), str(data),
+                 "--val-cases", "0"]) == 0
+    rgb = create_model("TransUNet-Tiny", num_classes=2, in_channels=1, img_size=32)  # a 3-channel stored kernel
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
+    cfg = _config(tmp_path / "tiny.yaml", data, tmp_path / "runs", name="TransUNet-Tiny", args={},
+                  pretrained=str(tmp_path / "rgb.pth"))
+    with caplog.at_level("WARNING"):
+        assert main(["train", str(cfg), "--set", "data.augment=none", "--set", "train.val_every=0",
+                     "--set", "data.val_split=null"]) == 0
+    assert any("adapted to in_channels=2" in r.getMessage() for r in caplog.records)
+    ckpt = torch.load(tmp_path / "runs" / "mc" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model"]["kwargs"]["in_channels"] == 2
+    assert ckpt["state_dict"]["transformer.embeddings.hybrid_model.root.conv.weight"].shape[1] == 2
 
 
 # ----------------------------------------------------------------------------- MSD 4D, end to end

@@ -138,7 +138,7 @@ def profile_model(
         name: Registered model name.
         img_size: ``H`` or ``(H, W)``.
         num_classes: Output classes.
-        in_channels: Input channels (1 or 3).
+        in_channels: Input channels (>= 1).
         batch_size: Batch size used for FLOPs and attention memory.
         args: The architecture's own arguments (``model.args``).
 

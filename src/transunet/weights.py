@@ -41,6 +41,7 @@ __all__ = [
     "npz_dense",
     "npz_vec",
     "read_weights",
+    "rgb_kernel_fits",
     "strip_prefixes",
     "torch_load",
 ]
@@ -84,15 +85,18 @@ class ConvertedWeights(NamedTuple):
 
 
 class LoadReport(NamedTuple):
-    """Keys left untouched by a loader.
+    """Keys left untouched (or changed) by a loader.
 
     Attributes:
         missing: Model keys not found in the file (they keep their initial values).
         unexpected: File keys not used by the model.
+        adapted: Model keys loaded from a 3-channel (RGB) first-convolution kernel adapted to the
+            model's input channels (``model.adapt_input_kernels``).
     """
 
     missing: list[str]
     unexpected: list[str]
+    adapted: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -248,6 +252,25 @@ def npz_dense(a: np.ndarray) -> np.ndarray:
 NpzKeyMap = Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
 
+def rgb_kernel_fits(model: nn.Module, key: str, file_shape: Sequence[int]) -> bool:
+    """True when a file's 3-channel kernel will be adapted to ``key``'s stored input channels.
+
+    ``key`` must be a first convolution with an RGB-pretrained layout (``model.rgb_input_convs()``)
+    whose kernel differs from ``file_shape`` only in its input channels, the file's being 3;
+    converters accept such a kernel and :func:`load_pretrained` adapts it.
+
+    Args:
+        model: Target model.
+        key: Model state-dict key.
+        file_shape: Shape of the converted file tensor.
+    """
+    convs = getattr(model, "rgb_input_convs", None)
+    shape = convs().get(key) if callable(convs) else None
+    fs = tuple(file_shape)
+    return (shape is not None and len(fs) == 4 and len(shape) == 4 and fs[1] == 3 and shape[1] != 3
+            and (fs[0], *fs[2:]) == (shape[0], *shape[2:]))
+
+
 def convert_npz(npz: Mapping[str, np.ndarray], key_map: NpzKeyMap, model: nn.Module,
                 source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Apply a ``{model key: (npz key, transform)}`` map, checking every converted shape.
@@ -262,7 +285,8 @@ def convert_npz(npz: Mapping[str, np.ndarray], key_map: NpzKeyMap, model: nn.Mod
         ``(state_dict, used npz keys)``; entries whose npz key is absent are skipped.
 
     Raises:
-        CheckpointError: When a converted array's shape does not match the model.
+        CheckpointError: When a converted array's shape does not match the model (a 3-channel first
+            kernel for a model of other ``in_channels`` passes: :func:`load_pretrained` adapts it).
     """
     own = model.state_dict()
     out: dict[str, torch.Tensor] = {}
@@ -277,7 +301,7 @@ def convert_npz(npz: Mapping[str, np.ndarray], key_map: NpzKeyMap, model: nn.Mod
                 f"{source}: '{npz_key}' has shape {short_repr(tuple(np.shape(npz[npz_key])))} and cannot be "
                 f"converted for '{key}' ({type(e).__name__}); the file is not a ViT checkpoint of this layout."
             ) from None
-        if tuple(arr.shape) != _shape(own[key]):
+        if tuple(arr.shape) != _shape(own[key]) and not rgb_kernel_fits(model, key, arr.shape):
             raise CheckpointError(
                 f"{source}: '{npz_key}' converts to shape {tuple(arr.shape)} but '{key}' of "
                 f"{_name(model)} has shape {_shape(own[key])}; "
@@ -308,6 +332,15 @@ def _head_keys(model: nn.Module) -> set[str]:
 
 
 def _cause(model: nn.Module, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:
+    convs = getattr(model, "rgb_input_convs", None)
+    if (callable(convs) and key in convs() and len(file_shape) == 4 and len(model_shape) == 4
+            and file_shape[1] != model_shape[1]
+            and (file_shape[0], *file_shape[2:]) == (model_shape[0], *model_shape[2:])):
+        fc = file_shape[1]
+        fix = f"pass in_channels={fc}" if fc != 3 else (
+            "pass in_channels=1 or 3, or load it as pretrained weights (model.pretrained), which adapts a "
+            "3-channel kernel to any in_channels")
+        return f"the file's first convolution takes {fc} input channels, this model's {model_shape[1]}; {fix}"
     explain = getattr(model, "explain_mismatch", None)
     msg = explain(key, file_shape, model_shape) if callable(explain) else None
     if msg:
@@ -364,7 +397,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
 
     The file is read safely (:func:`read_weights`), converted by the model
     (``model.convert_state_dict``: official layouts, Google ``.npz``, our checkpoints), adapted to
-    its configuration (``model.adapt_state_dict``, e.g. resized position embeddings) and loaded.
+    its configuration (``model.adapt_state_dict``, e.g. resized position embeddings;
+    ``model.adapt_input_kernels``: a 3-channel RGB first kernel adapted to a model of other
+    ``in_channels``, with a warning) and loaded.
     A ``head`` part of another ``num_classes`` is skipped (kept random, with a warning) so a model
     can be fine-tuned on a new label set; any other shape mismatch raises.
 
@@ -374,7 +409,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
         path: Weight file.
 
     Returns:
-        :class:`LoadReport` with the missing model keys and the unused file keys.
+        :class:`LoadReport` with the missing model keys, the unused file keys and the adapted ones.
 
     Raises:
         CheckpointError: Unreadable/unsafe files and shape mismatches (key, shapes, cause).
@@ -391,6 +426,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
     adapt = getattr(model, "adapt_state_dict", None)
     if callable(adapt):
         sd = dict(adapt(sd, weights))
+    adapted: list[str] = []
+    adapt_kernels = getattr(model, "adapt_input_kernels", None)
+    if callable(adapt_kernels):
+        sd, adapted = adapt_kernels(sd, str(path))
     own = model.state_dict()
     heads = _head_keys(model)
     skipped = []
@@ -407,7 +446,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
     if skipped:
         log.warning("%s: segmentation head of another num_classes skipped (kept random): %s", path, ", ".join(skipped))
     result = model.load_state_dict(sd, strict=False)
-    report = LoadReport(list(result.missing_keys), list(result.unexpected_keys) + list(converted.unused))
+    report = LoadReport(list(result.missing_keys), list(result.unexpected_keys) + list(converted.unused),
+                        tuple(adapted))
     log.info("loaded %d tensors from %s", len(sd) - len(result.unexpected_keys), path)
     if report.missing:
         log.info("%d model keys not in %s (kept their initialisation), e.g. %s",

@@ -1,7 +1,8 @@
 """Every registered model honours the SegmentationModel contract (parametrized over list_models()).
 
 A newly registered architecture is tested here without being named: forward and backward at two
-sizes (one non-square where the architecture allows it), 1 and 3 input channels, deep supervision
+sizes (one non-square where the architecture allows it), 1, 2 and 3 input channels (every model
+takes any ``in_channels >= 1``; 2 stands for multi-channel data such as T2 + ADC), deep supervision
 handled by the base forward, checkpoint save -> rebuild -> equal logits, param_groups covering
 every parameter exactly once, profile, and the attention capability either working or declared
 absent. ``TINY`` shrinks widths so that real forward/backward passes stay fast on 2 CPU cores;
@@ -66,13 +67,15 @@ def build(name: str, size: tuple[int, int], in_channels: int = 1, num_classes: i
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("in_channels", [1, 2, 3])
 def test_forward_backward_two_sizes(name: str, in_channels: int) -> None:
     sizes = tiny(name)[1]
-    for size in sizes if in_channels == 1 else sizes[-1:]:  # 3 channels: the non-square size only
+    for size in sizes if in_channels == 1 else sizes[-1:]:  # 2 and 3 channels: the non-square size only
         model = build(name, size, in_channels).train()
         assert isinstance(model, SegmentationModel) and model.model_name == name
         assert (model.num_classes, model.in_channels, model.img_size) == (3, in_channels, size)
+        # RGB-pretrained first convolutions store 3 channels for 1 (folded) and 3, else in_channels
+        assert all(s[1] == (3 if in_channels in (1, 3) else in_channels) for s in model.rgb_input_convs().values())
         x = torch.randn(2, in_channels, *size)
         out = model(x)
         outs = out if isinstance(out, list) else [out]

@@ -151,7 +151,7 @@ def test_drop_path_off_by_default_and_stochastic_when_on() -> None:
         ("R50-ViT-B_16", {"n_skip": 4}, ValueError, ["n_skip=4", "between 0 and 3", "closest valid: 3"]),
         ("R50-ViT-B_16", {"n_skip": -1}, ValueError, ["n_skip=-1", "closest valid: 0"]),
         ("ViT-B_16", {"n_skip": 3}, ValueError, ["n_skip=3", "no CNN encoder", "closest valid: 0"]),
-        ("R50-ViT-B_16", {"in_channels": 2}, ValueError, ["in_channels=2", "1 or 3"]),
+        ("R50-ViT-B_16", {"in_channels": 0}, ValueError, ["in_channels=0", "integer >= 1", "closest valid: 1"]),
         ("R50-ViT-B_16", {"attn_impl": "fuse"}, ValueError, ["'fuse'", "Did you mean 'fused'"]),
         ("R50-ViT-B_16", {"drop_path": 1.0}, ValueError, ["drop_path=1.0", "[0, 1)"]),
         ("R50-ViT-B_16", {"num_layer": 2}, ValueError, ["'num_layer'", "Did you mean 'num_layers'"]),

@@ -248,7 +248,7 @@ def test_state_dict_round_trip_and_wrong_variant(tmp_path: Path) -> None:
             r"resnet_width_factor=0.7 is invalid.*multiple of 32.*closest valid: 0.5",
         ),
         ("R50-UNet", {"img_size": 100}, r"img_size=\(100, 100\) is invalid for R50-UNet.*multiples of 16.*\(96, 96\)"),
-        ("R50-UNet", {"in_channels": 2}, r"in_channels=2 is invalid for R50-UNet"),
+        ("R50-UNet", {"in_channels": 0}, r"in_channels=0 is invalid for R50-UNet.*integer >= 1"),
         ("R50-UNet", {"num_classes": 0}, r"num_classes=0 is invalid for R50-UNet"),
         (
             "R50-AttnUNet",

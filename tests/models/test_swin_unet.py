@@ -247,7 +247,7 @@ def test_size_rule() -> None:
         ({"decoder_depths": (2, 2)}, "decoder_depths=.*has 2 entries but must have 3"),
         ({"drop_path_rate": 1.5}, "drop_path_rate=1.5 is invalid"),
         ({"attn_impl": "flash"}, "attn_impl"),
-        ({"in_channels": 2}, "in_channels=2 is invalid"),
+        ({"in_channels": 0}, "in_channels=0 is invalid.*integer >= 1"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:

@@ -14,15 +14,16 @@ class Embeddings(nn.Module):
     """Turn an image (or a CNN feature map of it) into position-embedded tokens.
 
     Without a backbone the image is cut into ``patch_size`` patches by a strided convolution whose
-    kernel keeps 3 input channels (the pretrained layout); a 1-channel model folds it (see
-    :class:`~transunet.layers.std_conv.FoldConv2d`). With a backbone (``hybrid_model``) the
+    kernel keeps 3 input channels (the pretrained layout) for 1 or 3 input channels; a 1-channel
+    model folds it, other counts store their own (see
+    :meth:`~transunet.layers.std_conv.FoldConv2d.rgb_input`). With a backbone (``hybrid_model``) the
     convolution runs on the backbone's last feature map, whose skip features are returned too.
 
     Args:
         hidden_size: Token width ``D``.
         grid_size: Token grid ``(gh, gw)``; position embeddings hold ``gh * gw`` entries.
         patch_size: Patch size of the projection (1 on a hybrid feature map).
-        in_channels: Channels of the input image (1 or 3).
+        in_channels: Channels of the input image (>= 1).
         dropout: Dropout on the embedded tokens.
         hybrid_model: Optional CNN backbone returning ``(features, skips)`` with an
             ``out_channels`` attribute.
@@ -46,8 +47,8 @@ class Embeddings(nn.Module):
                 int(hybrid_model.out_channels), hidden_size, kernel_size=patch_size, stride=patch_size
             )
         else:
-            self.patch_embeddings = FoldConv2d(
-                3, hidden_size, kernel_size=patch_size, stride=patch_size, input_channels=in_channels
+            self.patch_embeddings = FoldConv2d.rgb_input(
+                in_channels, hidden_size, kernel_size=patch_size, stride=patch_size
             )
         self.position_embeddings = nn.Parameter(torch.zeros(1, grid_size[0] * grid_size[1], hidden_size))
         nn.init.trunc_normal_(self.position_embeddings, std=0.02)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from transunet.layers.fast import (
     freeze_kernels,
     use_onednn_linear,
 )
+from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel
 from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
@@ -57,6 +59,8 @@ __all__ = [
     "check_option",
     "check_rate",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Kinds of attention a model may expose: ``global`` (every token attends to every token, maps
 #: ``(B, heads, N, N)`` over a ``grid``), ``window`` (shifted windows), ``axial`` (rows/columns),
@@ -98,8 +102,8 @@ class SegmentationModel(nn.Module):
 
     Args:
         num_classes: Output classes including background (>= 1).
-        in_channels: Channels the model computes on (1 or 3 for CT/MRI; a 3-channel model also
-            accepts 1-channel input, see :meth:`prepare_input`).
+        in_channels: Channels the model computes on (1 for CT/MRI slices, ``N`` for ``N``-channel
+            data; a 3-channel model also accepts 1-channel input, see :meth:`prepare_input`).
         img_size: ``H`` or ``(H, W)`` the model is built for (``(D, H, W)`` for a 3D model).
         size_multiple: The input height/width must be a multiple of this (``int`` or pair).
         spatial_dims: 2 (slices, what the pipeline trains) or 3 (volumes: available from Python
@@ -370,6 +374,49 @@ class SegmentationModel(nn.Module):
             weights: The file it came from (``meta`` holds a checkpoint's recorded arguments).
         """
         return state_dict
+
+    def rgb_input_convs(self) -> dict[str, tuple[int, ...]]:
+        """First convolutions with the layout of RGB-pretrained kernels: ``{weight key: its shape}``.
+
+        These are the :class:`~transunet.layers.std_conv.FoldConv2d` built with
+        :meth:`~transunet.layers.std_conv.FoldConv2d.rgb_input` (3 stored channels for 1 or 3 input
+        channels, ``in_channels`` otherwise).
+        """
+        return {f"{name}.weight": tuple(m.weight.shape) for name, m in self.named_modules()
+                if isinstance(m, FoldConv2d) and m.rgb_layout}
+
+    def adapt_input_kernels(self, state_dict: dict[str, torch.Tensor], source: str = "<weights>"
+                            ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Adapt 3-channel (RGB) first-convolution kernels to this model's stored input channels.
+
+        Called by :func:`transunet.load_pretrained` (pretrained use only, never by strict loading)
+        after :meth:`adapt_state_dict`: a kernel ``(out, 3, kh, kw)`` in ``state_dict`` at a key of
+        :meth:`rgb_input_convs` whose stored kernel has ``N != 3`` channels becomes
+        :func:`~transunet.layers.std_conv.adapt_rgb_kernel` ``(W, N)`` (the RGB sum split evenly over
+        the ``N`` channels), with a warning naming the key.
+
+        Args:
+            state_dict: Converted (and adapted) weights.
+            source: The file, for the log line.
+
+        Returns:
+            ``(state_dict, adapted keys)``.
+        """
+        sd = dict(state_dict)
+        adapted = []
+        for key, shape in self.rgb_input_convs().items():
+            w = sd.get(key)
+            if w is None or w.ndim != 4 or len(shape) != 4 or w.shape[1] != 3 or shape[1] == 3:
+                continue
+            if (w.shape[0], *w.shape[2:]) != (shape[0], *shape[2:]):
+                continue  # another width or kernel size: reported as a mismatch by the loader
+            sd[key] = adapt_rgb_kernel(w, shape[1])
+            adapted.append(key)
+        if adapted:
+            log.warning("%s: 3-channel (RGB) first-convolution kernel adapted to in_channels=%d (RGB kernel "
+                        "averaged over its channels, repeated, scaled by 3/%d): %s", source, self.in_channels,
+                        self.in_channels, ", ".join(adapted))
+        return sd, adapted
 
     def explain_mismatch(self, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
         """The likely cause of a shape mismatch at ``key`` (``None``: the generic message)."""

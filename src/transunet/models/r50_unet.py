@@ -82,7 +82,7 @@ class R50UNet(SegmentationModel):
 
     Args:
         num_classes: Output classes including background.
-        in_channels: 1 (folded root convolution) or 3.
+        in_channels: Input channels (>= 1; 1 folds the 3-channel root convolution).
         img_size: ``(H, W)``, multiples of 16.
         n_skip: Skips used by the decoder, deepest first (0-3: strides 8, 4, 2).
         resnet_units: Units of the three ResNetV2 stages.
@@ -297,11 +297,6 @@ def _build(
     a = {**defaults, **args}
     num_classes = check_int(name, "num_classes", num_classes)
     in_channels = check_int(name, "in_channels", in_channels)
-    if in_channels not in (1, 3):
-        raise ValueError(
-            f"in_channels={in_channels} is invalid for {name}: the ResNetV2 root takes 1 (folded) "
-            f"or 3 channels; closest valid: {1 if in_channels < 2 else 3}."
-        )
     size = check_img_size(name, img_size, ENCODER_STRIDE)
     n_skip = check_int(name, "n_skip", a["n_skip"], minimum=0)
     if n_skip > 3:
@@ -355,7 +350,7 @@ def r50_unet(num_classes: int = 9, in_channels: int = 1, img_size: int | Sequenc
 
     Args:
         num_classes: Output classes including background.
-        in_channels: 1 or 3.
+        in_channels: Input channels (>= 1).
         img_size: ``H`` or ``(H, W)``, multiples of 16 (any such input size works).
         **args: ``model.args``, see :data:`R50_UNET_ARGS` and :class:`R50UNet`.
 
@@ -373,7 +368,7 @@ def r50_attn_unet(
 
     Args:
         num_classes: Output classes including background.
-        in_channels: 1 or 3.
+        in_channels: Input channels (>= 1).
         img_size: ``H`` or ``(H, W)``, multiples of 16 (any such input size works).
         **args: ``model.args``, see :data:`R50_ATTN_UNET_ARGS` and :class:`R50UNet`.
 

@@ -77,7 +77,8 @@ class ResNetV2(nn.Module):
     Args:
         block_units: Units per stage, e.g. ``(3, 4, 9)`` for R50.
         width_factor: Multiplier of the base width 64 (the width must stay a multiple of 32).
-        in_channels: Channels of the input image; 1 folds the 3-channel root kernel.
+        in_channels: Channels of the input image (>= 1); 1 folds the 3-channel root kernel, other
+            counts than 1 and 3 store an ``in_channels`` root kernel (RGB weights are adapted).
 
     Attributes:
         out_channels: Channels of the stride-16 output (``16 * width``).
@@ -103,7 +104,7 @@ class ResNetV2(nn.Module):
         self.skip_channels = (width * 8, width * 4, width)
         self.feature_info = [FeatureInfo(s, c) for s, c in zip(self.skip_strides, self.skip_channels)]
         self.root = nn.Sequential(OrderedDict([
-            ("conv", StdConv2d(3, width, 7, stride=2, padding=3, bias=False, input_channels=in_channels)),
+            ("conv", StdConv2d.rgb_input(in_channels, width, 7, stride=2, padding=3, bias=False)),
             ("gn", nn.GroupNorm(32, width, eps=1e-6)),
             ("relu", nn.ReLU(inplace=True)),
         ]))

@@ -32,7 +32,8 @@ Differences from the official code, none of which change the computation:
 
 * no hidden repeat of grey input: a 1-channel model keeps the official 3-channel patch kernel and
   sums it over its input channels on the fly (:class:`~transunet.layers.std_conv.FoldConv2d`), so
-  parameter counts and state dicts equal the official ones and results agree to float rounding;
+  parameter counts and state dicts equal the official ones and results agree to float rounding
+  (other channel counts than 1 and 3 store their own kernel; 3-channel weights are adapted);
 * non-square inputs (the official code assumes square images in the final expansion);
 * any number of stages >= 2 (the official decoder hard-codes 4);
 * window attention runs through ``F.scaled_dot_product_attention`` with bias + mask as one additive
@@ -79,7 +80,7 @@ from transunet.models.base import (
 )
 from transunet.registry import register_model
 from transunet.utils import as_pair
-from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
+from transunet.weights import ConvertedWeights, ForeignWeights, rgb_kernel_fits, strip_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -184,18 +185,17 @@ def check_swin_img_size(
 class PatchEmbed(nn.Module):
     """Non-overlapping 4x4 patches -> tokens: conv (stride 4) + LayerNorm.
 
-    The kernel keeps 3 input channels (the official/ImageNet layout); a 1-channel model folds it.
+    The kernel keeps 3 input channels (the official/ImageNet layout) for 1 or 3 input channels; a
+    1-channel model folds it; other counts store their own (3-channel weights are adapted on loading).
 
     Args:
         embed_dim: Token width ``C``.
-        in_channels: Channels of the input (1 or 3).
+        in_channels: Channels of the input (>= 1).
     """
 
     def __init__(self, embed_dim: int, in_channels: int) -> None:
         super().__init__()
-        self.proj = FoldConv2d(
-            3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE, input_channels=in_channels
-        )
+        self.proj = FoldConv2d.rgb_input(in_channels, embed_dim, PATCH_SIZE, stride=PATCH_SIZE)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -479,7 +479,7 @@ class SwinUnet(SegmentationModel):
 
     Args:
         num_classes: Output classes including background.
-        in_channels: 1 (folded patch kernel) or 3.
+        in_channels: Input channels (>= 1; 1 folds the 3-channel patch kernel).
         img_size: ``(H, W)`` accepted by :func:`swin_size_ok`.
         embed_dim: Width ``C`` of stage 0 (stage ``s`` has ``C * 2^s``).
         depths: Swin blocks per encoder stage (its length is the number of stages).
@@ -800,7 +800,7 @@ def swin_imagenet_to_state_dict(
         for t in targets:
             if t not in own:
                 why = why or "no such layer in this model (other depths or number of stages)"
-            elif tuple(own[t].shape) != tuple(v.shape):
+            elif tuple(own[t].shape) != tuple(v.shape) and not rgb_kernel_fits(model, t, v.shape):
                 why = f"shape {tuple(v.shape)} in the file, {tuple(own[t].shape)} in {t}"
             else:
                 out[t] = v
@@ -900,7 +900,8 @@ def swin_unet(
 
     Args:
         num_classes: Output classes including background (9 Synapse, 4 ACDC).
-        in_channels: 1 (grey; the 3-channel patch kernel is folded) or 3.
+        in_channels: Input channels >= 1 (1: grey, the 3-channel patch kernel is folded; other
+            counts than 1 and 3: 3-channel pretrained patch kernels are adapted on loading).
         img_size: ``H`` or ``(H, W)``: multiples of ``4 * 2^(stages - 1)`` whose stage grids split
             into whole windows (224 and 448 with window 7; 256 is not: use window 8).
         embed_dim: Width of stage 0.
@@ -920,12 +921,7 @@ def swin_unet(
     name = "Swin-Unet"
     check_args(name, unknown, accepted_args(swin_unet))
     num_classes = check_int(name, "num_classes", num_classes)
-    if in_channels not in (1, 3) or isinstance(in_channels, bool):
-        closest = 1 if not isinstance(in_channels, (int, float)) or in_channels < 2 else 3
-        raise ValueError(
-            f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; closest valid: "
-            f"{closest}."
-        )
+    in_channels = check_int(name, "in_channels", in_channels)
     embed_dim = check_int(name, "embed_dim", embed_dim)
     depths = _int_list(name, "depths", depths, "[2, 2, 2, 2]")
     n = len(depths)

@@ -11,7 +11,9 @@ names equal the official implementation's (``transformer.*``, ``decoder.*``,
 Differences from the official code, none of which change the computation:
 
 * a 1-channel model folds the repeat-to-3-channels into its first convolution instead of
-  repeating the input on every call (exact: see :mod:`transunet.layers.std_conv`);
+  repeating the input on every call (exact: see :mod:`transunet.layers.std_conv`); other channel
+  counts than 1 and 3 (the official code takes 3) store their own first kernel, to which 3-channel
+  pretrained kernels are adapted on loading;
 * non-square inputs are supported (the official decoder assumes a square token grid);
 * ViT-B_32 gets a x2 bilinear upsampling in the head so that logits match the input size;
 * attention runs through ``F.scaled_dot_product_attention`` by default (``attn_impl="explicit"``
@@ -35,7 +37,7 @@ from transunet.layers.attention import ATTN_IMPLS
 from transunet.layers.conv_blocks import Conv2dReLU
 from transunet.layers.embed import Embeddings
 from transunet.layers.pos_embed import resize_pos_embed
-from transunet.models.base import SegmentationModel, check_args, check_img_size
+from transunet.models.base import SegmentationModel, check_args, check_img_size, check_int
 from transunet.models.resnetv2 import ResNetV2, google_resnet_key_map
 from transunet.models.vit import Encoder, Transformer, google_vit_key_map
 from transunet.registry import register_model
@@ -149,7 +151,7 @@ class TransUNet(SegmentationModel):
 
     Args:
         num_classes: Output classes including background.
-        in_channels: Input channels, 1 (folded first conv) or 3.
+        in_channels: Input channels (>= 1; 1 folds the 3-channel first convolution).
         img_size: ``(H, W)`` input size, divisible by the encoder stride.
         n_skip: Skip connections used by the decoder (0-3; 0 for models without a CNN).
         dropout: Dropout on embeddings and MLPs.
@@ -454,7 +456,7 @@ def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in
         name: Registered name, stored as ``model.model_name``.
         arch: Default architecture arguments (a value of :data:`ARCHS`).
         num_classes: Output classes including background (>= 1).
-        in_channels: 1 or 3.
+        in_channels: Input channels (>= 1).
         img_size: ``H`` or ``(H, W)``, each divisible by the encoder stride.
         n_skip: Skip connections used (0-3); default 3 with a CNN encoder, 0 without.
         dropout: Embedding/MLP dropout in ``[0, 1)``.
@@ -477,10 +479,7 @@ def build_transunet(name: str, arch: dict[str, Any], *, num_classes: int = 9, in
     except ValueError as e:
         raise ValueError(f"{e} ({name})") from None
     h, w = check_img_size(name, size, stride)
-    if in_channels not in (1, 3):
-        closest_c = 1 if in_channels < 2 else 3
-        raise ValueError(f"in_channels={in_channels!r} is invalid for {name}: it must be 1 or 3; "
-                         f"closest valid: {closest_c}.")
+    in_channels = check_int(name, "in_channels", in_channels)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r} is invalid for {name}: it must be an integer >= 1 "
                          "(e.g. 9 for Synapse).")

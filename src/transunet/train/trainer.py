@@ -218,17 +218,7 @@ def with_data_channels(cfg: ExperimentConfig) -> ExperimentConfig:
         log.info("dataset %s has %d input channels (%s): the model is built with in_channels=%d", root, n,
                  ", ".join(map(str, info.get("channel_names") or [])), n)
         cfg = replace(cfg, model=replace(cfg.model, in_channels=n))
-    _check_channels(cfg, info)
-    if n > 1:  # architectures whose first layer keeps the 3-channel pretrained layout take 1 or 3 channels only
-        from transunet.registry import create_model
-
-        try:
-            with torch.device("meta"):
-                create_model(cfg.model.name, **cfg.model.model_kwargs())
-        except (ValueError, TypeError) as e:
-            if "in_channels" in str(e):
-                raise ConfigError(f"model: {e} Dataset {root} has {n} input channels: choose a model that takes "
-                                  f"{n} channels (e.g. UNet, AttentionUNet, UNetPlusPlus or UNETR).") from None
+    _check_channels(cfg, info)  # every registered 2D model takes any in_channels >= 1
     return cfg
 
 
