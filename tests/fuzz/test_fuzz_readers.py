@@ -27,7 +27,8 @@ _spec = importlib.util.spec_from_file_location("fuzz_readers", _SCRIPT)
 fuzz_readers = sys.modules.setdefault("fuzz_readers", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(fuzz_readers)
 
-TARGETS = ["nifti", "nifti_gz", "nifti_4d", "nifti_channels", "npz", "npz_members", "h5", "dataset_json", "list_file", "yaml", "yaml_set",
+TARGETS = ["nifti", "nifti_gz", "nifti_4d", "nifti_channels",
+           "npz", "npz_members", "h5", "dataset_json", "list_file", "yaml", "yaml_set",
            "checkpoint", "google_npz"]
 EXAMPLES = int(os.environ.get("TRANSUNET_FUZZ_EXAMPLES", "40"))
 
