@@ -562,7 +562,9 @@ class Trainer:
                      1.0 if stage == 1 else self.schedule.stage2_lr_scale)
         self.ddp_model = _wrap(self.model, self.info)  # DDP must see the current requires_grad
         if self.cfg.train.compile:
-            self.ddp_model = torch.compile(self.ddp_model)  # recompiled per stage (requires_grad changed)
+            # recompiled per stage (requires_grad changed); dropout draws eager's random numbers, so a
+            # compiled run keeps the masks (and the exact resume) of an eager one
+            self.ddp_model = torch.compile(self.ddp_model, options={"fallback_random": True})
         self._stage = stage
 
     def _prepare_epoch(self, epoch: int) -> None:
