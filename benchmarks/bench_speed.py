@@ -4,15 +4,17 @@ The reference is the plain model in eager float32 (the computation proven equal 
 code by the parity tests). Four rows, as in the speed issue: inference at 224 (batch 8), a
 training step at 224 (batch 4), inference at 512 (batch 1), a training step at 512 (batch 2), all
 on R50-ViT-B_16 with 9 classes. Each (row, path) runs in a fresh process, so its peak resident
-memory (``VmHWM``) is its own; processes start with glibc settings that return freed memory at
-once (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), so the peak follows live tensors.
+memory (``VmHWM``, what an out-of-memory killer sees) is its own. The processes keep glibc's
+default allocator settings: forcing every large block through ``mmap`` (as the memory-growth
+benchmarks do) makes each new tensor page-fault and slowed these paths by up to 40%.
 
 Paths (the names used by ``--paths``):
 
 * inference: ``eager`` (reference), ``fast`` (:meth:`SegmentationModel.for_inference`: frozen
-  kernels, BatchNorm folding, oneDNN linear), ``fast_cl`` (+ channels-last), ``compiled``
-  (+ ``torch.compile`` with freezing), ``bf16_autocast`` (plain model under autocast), ``bf16``
-  (inference copy in bfloat16), ``bf16_compiled``;
+  kernels, BatchNorm folding, oneDNN linear), ``fast_cl`` (+ channels-last: the default of
+  ``for_inference()`` for convolutional models), ``compiled`` (+ ``torch.compile`` with freezing),
+  ``bf16_autocast`` (plain model under autocast), ``bf16`` (inference copy in bfloat16),
+  ``bf16_compiled``; all but ``fast`` run channels-last;
 * training step (forward, 0.5 CE + 0.5 Dice, backward, SGD with momentum): ``eager``,
   ``fast`` (oneDNN linear, ``train.fast_kernels``), ``compiled`` (``train.compile``),
   ``bf16_autocast``, ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
@@ -58,10 +60,10 @@ ROWS = {  # name: (kind, image size, batch)
     "train512": ("train", 512, 2),
 }
 INFER_PATHS = ["eager", "fast", "fast_cl", "compiled", "bf16_autocast", "bf16", "bf16_compiled"]
+# (compiled, bf16, bf16_compiled and the fp16 paths run channels-last, as for_inference() does for this model)
 TRAIN_PATHS = ["eager", "fast", "compiled", "bf16_autocast", "bf16_compiled", "fast_ckpt", "bf16_ckpt"]
 CUDA_INFER_PATHS = ["eager", "fast", "fast_cl", "compiled", "fp16", "bf16", "fp16_compiled"]
 CUDA_TRAIN_PATHS = ["eager", "fast", "compiled", "fp16_autocast", "bf16_autocast", "fp16_compiled", "fast_ckpt"]
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 LOGIT_TOL = 1e-4
 LOSS_TOL = 1e-4
 GRAD_RTOL = 1e-3
@@ -126,7 +128,8 @@ def worker(spec: dict) -> dict:
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     return model(x).float()
         else:
-            fast = model.for_inference(dtype=dtype, channels_last=path.endswith("_cl"),
+            fast = model.for_inference(dtype=dtype, channels_last="_cl" in path or path == "compiled" or
+                                       path.startswith("bf16") or path.startswith("fp16"),
                                        compile=path.endswith("compiled"))
             del model
 
@@ -206,8 +209,6 @@ def worker(spec: dict) -> dict:
 def run_child(spec: dict, tmp: Path) -> dict:
     """Run one (row, path) in a fresh process; tensors come back through a file."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    if spec["device"] == "cpu":
-        env.update(MALLOC_ENV)
     result = tmp / f"{spec['row']}_{spec['path']}.pt"
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**spec, "out": str(result)})],
                           capture_output=True, text=True, env=env, check=False)

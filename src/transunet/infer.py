@@ -153,7 +153,8 @@ class Predictor:
             when the model's weights change (validation during training). ``False``: the model itself.
         compile: Also ``torch.compile`` that copy (pays for long evaluations; the first batch
             compiles for about a minute on a CPU).
-        channels_last: Channels-last activations in that copy.
+        channels_last: Channels-last activations in that copy (``None``: the model's
+            ``prefers_channels_last``: on for convolutional models).
 
     Attributes:
         model, img_size, device, batch_size, amp_dtype, checkpoint, path, fast, compile,
@@ -164,7 +165,7 @@ class Predictor:
                  device: str | torch.device = "cpu", batch_size: int = 16,
                  amp_dtype: torch.dtype | None = None, checkpoint: dict[str, Any] | None = None,
                  path: str | Path | None = None, fast: bool = True, compile: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool | None = None) -> None:
         from transunet.utils import as_pair
 
         self.model = model
@@ -181,7 +182,7 @@ class Predictor:
         self.path = Path(path) if path is not None else None
         self.fast = bool(fast)
         self.compile = bool(compile)
-        self.channels_last = bool(channels_last)
+        self.channels_last = channels_last
         self._runner: tuple[tuple[int, ...], nn.Module] | None = None
 
     def _weights_key(self) -> tuple[int, ...]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transunet.errors import check_choice
-from transunet.layers.fast import attention
 
 __all__ = ["ATTN_IMPLS", "Attention", "RecordsAttention"]
 
@@ -103,6 +103,6 @@ class Attention(RecordsAttention):
             ctx = torch.matmul(self.attn_dropout(probs), v)  # (B, h, N, d)
         else:
             p = self.attn_dropout.p if self.training else 0.0
-            ctx = attention(q, k, v, dropout_p=p)  # (B, h, N, d); scaled_dot_product_attention but bf16 CPU
+            ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
         ctx = ctx.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj_dropout(self.out(ctx))

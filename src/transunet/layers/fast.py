@@ -33,7 +33,7 @@ from torch import nn
 
 from transunet.layers.std_conv import FoldConv2d, StdConv2d
 
-__all__ = ["FastLinear", "InferenceModel", "attention", "checkpoint_blocks", "find_blocks", "fold_batchnorm",
+__all__ = ["FastLinear", "InferenceModel", "checkpoint_blocks", "find_blocks", "fold_batchnorm",
            "freeze_kernels", "linear", "onednn_mm", "onednn_linear_available", "use_onednn_linear"]
 
 log = logging.getLogger(__name__)
@@ -146,41 +146,6 @@ def use_onednn_linear(module: nn.Module, enable: bool = True) -> int:
             m.__class__ = nn.Linear
             n += 1
     return n
-
-
-#: Token count from which :func:`attention` runs bf16 CPU inference through oneDNN GEMMs.
-ONEDNN_ATTENTION_MIN_TOKENS = 512
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, dropout_p)``, with a faster bf16 CPU inference path.
-
-    PyTorch's CPU flash attention runs bfloat16 no faster than float32 (about 95 GFLOP/s per core
-    here at 1024 tokens). For bfloat16 CPU inference with at least
-    :data:`ONEDNN_ATTENTION_MIN_TOKENS` tokens, each head is computed as two oneDNN GEMMs with a
-    float32 softmax between them (about 1.8x the rate, and a float32 softmax); everything else
-    (float32, training, GPUs, short sequences) uses ``scaled_dot_product_attention``.
-
-    Args:
-        q, k, v: ``(B, h, N, d)``.
-        dropout_p: Attention dropout (training only).
-
-    Returns:
-        ``(B, h, N, d)``.
-    """
-    B, h, N, d = q.shape
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and dropout_p == 0.0 and _ONEDNN_LINEAR
-            and N >= ONEDNN_ATTENTION_MIN_TOKENS and not torch.is_grad_enabled() and k.shape[2] == N):
-        scale = d ** -0.5
-        qs, ks = (q * scale).reshape(B * h, N, d), k.reshape(B * h, N, d)
-        vt = v.reshape(B * h, N, d).transpose(1, 2).contiguous()  # (B*h, d, N)
-        out = torch.empty_like(qs)
-        for i in range(B * h):
-            scores = torch.ops.mkldnn._linear_pointwise(qs[i].contiguous(), ks[i].contiguous(), None, "none", [], "")
-            probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # (N, N)
-            out[i] = torch.ops.mkldnn._linear_pointwise(probs, vt[i], None, "none", [], "")
-        return out.reshape(B, h, N, d)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 def _foldable_conv(m: nn.Module) -> bool:
