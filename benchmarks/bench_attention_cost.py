@@ -63,6 +63,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proc_memory import reset_peak, status_kib  # benchmarks/proc_memory.py
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "R50-ViT-B_16"
 MODELS = (BASELINE, "MedT", "GatedAxialUNet", "CoTr", "Swin-Unet")
@@ -79,14 +81,6 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 # ----------------------------------------------------------------------------- worker (one process per row and kind)
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _swin_window(size: int) -> int:
@@ -137,9 +131,8 @@ class _Meter:
             torch.cuda.reset_peak_memory_stats()
             self.before = torch.cuda.memory_allocated()
         else:
-            self.before = _proc_status_kib("VmRSS") * 1024
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak resident set (VmHWM) to the current one
+            self.before = status_kib("VmRSS") * 1024
+            reset_peak()  # the peak resident set (VmHWM) restarts from the current one
 
     def stop(self) -> int:
         import torch
@@ -147,7 +140,7 @@ class _Meter:
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - self.before
-        return _proc_status_kib("VmHWM") * 1024 - self.before
+        return status_kib("VmHWM") * 1024 - self.before
 
 
 def _clone(v: Any) -> Any:

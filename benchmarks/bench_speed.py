@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_memory import status_mib, trim_and_reset_peak  # benchmarks/proc_memory.py
+
 ROWS = {  # name: (kind, image size, batch)
     "infer224": ("infer", 224, 8),
     "train224": ("train", 224, 4),
@@ -75,33 +77,6 @@ GRAD_RTOL = 1e-3
 #: TransUNet-Tiny where a thread-count change gives 1.5e-4 and the oneDNN path 1.5e-4.
 GRAD_RTOL_COMPILED = 1e-2
 DICE_TOL = 0.2
-
-
-def _vm(key: str) -> float:
-    """A ``/proc/self/status`` memory entry in MiB (NaN where /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _trim_and_reset_peak() -> None:
-    """``malloc_trim(0)`` (glibc) and reset ``VmHWM`` to the current resident set (``clear_refs``)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 # ----------------------------------------------------------------------------- worker (one process per row and path)
@@ -153,7 +128,7 @@ def worker(spec: dict) -> dict:
 
             def run():
                 return fast(x)
-        base_rss = _vm("VmRSS")
+        base_rss = status_mib("VmRSS")
         t0 = time.perf_counter()
         logits = run()  # warm-up (compiles where asked)
         _sync(device)
@@ -185,7 +160,7 @@ def worker(spec: dict) -> dict:
             scaler.scale(loss).backward()
             return loss
 
-        base_rss = _vm("VmRSS")
+        base_rss = status_mib("VmRSS")
         torch.manual_seed(2)  # the same dropout masks in every path's first step
         t0 = time.perf_counter()
         loss = run()
@@ -212,8 +187,8 @@ def worker(spec: dict) -> dict:
         # the peak of the training steps themselves: drop the check's copies, return the freed heap
         # to the system and restart the high-water mark, so every path is measured the same way
         gc.collect()
-        _trim_and_reset_peak()
-        base_rss = _vm("VmRSS")
+        trim_and_reset_peak()
+        base_rss = status_mib("VmRSS")
         times = []
         for _ in range(spec["iters"]):
             t0 = time.perf_counter()
@@ -222,8 +197,8 @@ def worker(spec: dict) -> dict:
             scaler.update()
             _sync(device)
             times.append(time.perf_counter() - t0)
-    out.update(best_s=min(times), median_s=sorted(times)[len(times) // 2], peak_mib=_vm("VmHWM"),
-               step_mib=_vm("VmHWM") - base_rss)
+    out.update(best_s=min(times), median_s=sorted(times)[len(times) // 2], peak_mib=status_mib("VmHWM"),
+               step_mib=status_mib("VmHWM") - base_rss)
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

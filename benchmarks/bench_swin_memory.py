@@ -45,20 +45,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proc_memory import reset_peak, status_kib  # benchmarks/proc_memory.py
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("Swin-Unet", "R50-ViT-B_16")
 BASELINE = "R50-ViT-B_16"
 
 
 # ----------------------------------------------------------------------------- worker (one process per row)
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _swin_window(size: int) -> int:
@@ -123,16 +117,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
-            before = _proc_status_kib("VmRSS") * 1024
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak resident set (VmHWM) to the current one
+            before = status_kib("VmRSS") * 1024
+            reset_peak()  # the peak resident set (VmHWM) restarts from the current one
         t0 = time.perf_counter()
         step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
             peaks.append(torch.cuda.max_memory_allocated() - before)
         else:
-            peaks.append(_proc_status_kib("VmHWM") * 1024 - before)
+            peaks.append(status_kib("VmHWM") * 1024 - before)
         times.append(time.perf_counter() - t0)
         saved_bytes.append(sum(saved.values()))
     n_params = sum(p.numel() for p in model.parameters())

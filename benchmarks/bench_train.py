@@ -25,17 +25,7 @@ import subprocess
 import sys
 import time
 
-
-def _vm(key: str) -> float:
-    """A ``/proc/self/status`` memory entry in MiB (NaN where /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+from proc_memory import status_mib  # benchmarks/proc_memory.py
 
 
 def run_one(model_name: str, size: int, batch: int, amp: str, iters: int, warmup: int,
@@ -56,7 +46,7 @@ def run_one(model_name: str, size: int, batch: int, amp: str, iters: int, warmup
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, 9, (batch, size, size), device=device)
-    base_rss = _vm("VmRSS")
+    base_rss = status_mib("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -86,8 +76,8 @@ def run_one(model_name: str, size: int, batch: int, amp: str, iters: int, warmup
         "slices_per_s": batch / best,
         "s_per_step": best,
         "median_s_per_step": median,
-        "peak_rss_mib": _vm("VmHWM"),
-        "step_rss_mib": _vm("VmHWM") - base_rss,
+        "peak_rss_mib": status_mib("VmHWM"),
+        "step_rss_mib": status_mib("VmHWM") - base_rss,
         "final_loss": losses[-1],
     }
     if device.type == "cuda":

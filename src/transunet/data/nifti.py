@@ -114,6 +114,19 @@ def _why(e: BaseException) -> str:
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
+@contextlib.contextmanager
+def _reading_voxels(path: Path, shape: tuple[int, ...]):
+    """Turn failures while reading a NIfTI's voxels into one :class:`DataError` naming the file."""
+    try:
+        yield
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read {shape} voxels; use a machine with more memory "
+                        "or crop the scan.") from None
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for damaged data
+        raise DataError(f"{path}: cannot read NIfTI ({_why(e)}); the file is truncated or corrupt, "
+                        "copy it again.") from None
+
+
 def case_stem(name: str) -> str:
     """The case name of a scan file: NIfTI suffix and nnU-Net's channel suffix ``_0000`` removed.
 
@@ -155,18 +168,12 @@ def load_nifti(path: str | Path, *, dtype: type = np.float32, allow_4d_singleton
             f"{path}: expected a 3D volume, got {len(shape)}D with shape {shape}; "
             "split 4D series into 3D files (one per frame) first."
         )
-    try:
+    with _reading_voxels(path, shape):
         data = np.asanyarray(img.dataobj)
         if data.ndim == 4:
             data = data[..., 0]
         arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0))).astype(dtype, copy=False)
         affine = np.asarray(img.affine, dtype=np.float64)
-    except MemoryError:
-        raise DataError(f"{path}: not enough memory to read {shape} voxels; use a machine with more memory "
-                        "or crop the scan.") from None
-    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for damaged data
-        raise DataError(f"{path}: cannot read NIfTI ({_why(e)}); the file is truncated or corrupt, "
-                        "copy it again.") from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     spacing = (zooms[2], zooms[1], zooms[0])
     return arr, spacing, affine, img
@@ -291,16 +298,10 @@ def load_nifti_channels(path: str | Path, channels: int, *, dtype: type = np.flo
         fix = fix or ("give one 4D NIfTI with the channels on the last axis, or one file per channel named "
                       "CASE_0000.nii.gz, CASE_0001.nii.gz, ...")
         raise DataError(f"{path}: {got}, but {expected} are expected; {fix}.")
-    try:
+    with _reading_voxels(path, shape):
         data = np.asanyarray(img.dataobj)
         out = [np.ascontiguousarray(np.transpose(data[..., k], (2, 1, 0))).astype(dtype, copy=False)
                for k in range(channels)]
-    except MemoryError:
-        raise DataError(f"{path}: not enough memory to read {shape} voxels; use a machine with more memory "
-                        "or crop the scan.") from None
-    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types for damaged data
-        raise DataError(f"{path}: cannot read NIfTI ({_why(e)}); the file is truncated or corrupt, "
-                        "copy it again.") from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return out, (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine, dtype=np.float64), img
 
