@@ -18,7 +18,8 @@ Paths (the names used by ``--paths``):
   ``bf16_autocast`` (plain model under autocast), ``bf16`` (inference copy in bfloat16),
   ``bf16_compiled``; all but ``fast`` run channels-last;
 * training step (forward, 0.5 CE + 0.5 Dice, backward, SGD with momentum): ``eager``,
-  ``fast`` (oneDNN linear, ``train.fast_kernels``), ``compiled`` (``train.compile``),
+  ``fast`` (``train.fast_kernels``: oneDNN linear, counter-based dropout masks, and the fused SGD
+  step that training uses everywhere), ``compiled`` (``train.compile``),
   ``bf16_autocast``, ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
   checkpointing, ``train.checkpointing``). The compiled training paths run at 224 only unless
   named in ``--paths`` (compiling the 512 step takes many minutes on 2 cores).
@@ -29,11 +30,13 @@ loss within 1e-4 and its whole first-step gradient (all parameters, one vector) 
 relative L2 distance, or within twice the rounding noise floor where that is larger: the
 reference process computes the same first step again on 1 thread (another summation order, the
 same algorithm) and reports how far that alone moves the loss and the gradient; compiled training
-paths are allowed 1e-2 (their fused backward differs by ~1e-3, see ``GRAD_RTOL_COMPILED``). Compiled
-training draws eager's dropout random numbers (``fallback_random``), so all float32 paths see the
-same masks. bf16 paths are judged on Dice: with ``--demo-run RUN`` the demo checkpoint's test
-cases are evaluated in float32 and with the bf16 inference copy, and the mean Dice must move by
-less than 0.2 points.
+paths are allowed 1e-2 (their fused backward differs by ~1e-3, see ``GRAD_RTOL_COMPILED``). The
+checked first step runs inside :class:`transunet.layers.fast.eager_dropout`, so every path draws
+PyTorch's own dropout masks there (compiled training too, through ``fallback_random``) and all
+float32 paths see the same masks; the timed steps use each path's own dropout (the fast paths'
+counter-based masks, whose distribution ``tests/models/test_fast_paths.py`` checks). bf16 paths
+are judged on Dice: with ``--demo-run RUN`` the demo checkpoint's test cases are evaluated in
+float32 and with the bf16 inference copy, and the mean Dice must move by less than 0.2 points.
 
 Usage::
 
@@ -98,6 +101,7 @@ def _sync(device) -> None:
 def worker(spec: dict) -> dict:
     import torch
 
+    from transunet.layers.fast import eager_dropout
     from transunet.losses import DiceCELoss
     from transunet.registry import create_model
 
@@ -148,7 +152,8 @@ def worker(spec: dict) -> dict:
             model.set_checkpointing()
         # eager's dropout random numbers (Inductor's own generator draws other masks than eager's)
         fwd = torch.compile(model, options={"fallback_random": True}) if path.endswith("compiled") else model
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        # the fast paths step with PyTorch's fused SGD, as training does (bit-identical to the loop)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, fused=path != "eager")
         loss_fn = DiceCELoss(9)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
@@ -163,7 +168,8 @@ def worker(spec: dict) -> dict:
         base_rss = status_mib("VmRSS")
         torch.manual_seed(2)  # the same dropout masks in every path's first step
         t0 = time.perf_counter()
-        loss = run()
+        with eager_dropout():  # the check step draws PyTorch's masks; the timed steps the fast ones
+            loss = run()
         _sync(device)
         out["first_s"] = time.perf_counter() - t0
         out["loss0"] = float(loss.detach())
@@ -174,7 +180,8 @@ def worker(spec: dict) -> dict:
             if path == "eager" and spec["threads"] > 1:  # rounding noise floor: the same step on 1 thread
                 torch.set_num_threads(1)
                 torch.manual_seed(2)
-                loss1 = run()
+                with eager_dropout():
+                    loss1 = run()
                 flat1 = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float()
                                    .reshape(-1) for p in model.parameters()]).cpu()
                 out["floor_grad"] = float((flat1 - flat).norm() / flat.norm())
@@ -184,6 +191,10 @@ def worker(spec: dict) -> dict:
             del flat
         scaler.step(opt)
         scaler.update()
+        if path.endswith("compiled"):  # leaving eager_dropout recompiles once: not in the timed steps
+            run()
+            scaler.step(opt)
+            scaler.update()
         # the peak of the training steps themselves: drop the check's copies, return the freed heap
         # to the system and restart the high-water mark, so every path is measured the same way
         gc.collect()

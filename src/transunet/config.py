@@ -133,8 +133,10 @@ class TrainConfig:
         iterations_per_epoch: Cap the iterations of one epoch (``None``: one pass over the data).
         threads: Intra-op CPU threads of each training process (``None``: chosen from the free
             cores, see :func:`transunet.utils.choose_threads`).
-        fast_kernels: Run float32 CPU linear layers through oneDNN in both passes (same results
-            up to float rounding, about twice MKL's GEMM rate on AMD CPUs; no effect on GPUs).
+        fast_kernels: CPU training fast paths: float32 linear layers through oneDNN in both
+            passes (same results up to float rounding, about twice MKL's GEMM rate on AMD CPUs),
+            and dropout masks from a counter-based hash instead of PyTorch's serial generator
+            (same distribution, other random numbers). No effect on GPUs.
         compile: ``torch.compile`` the training step's model (Inductor); the first steps compile.
         checkpointing: Activation checkpointing of the model's blocks (transformer layers,
             residual units, decoder blocks): less memory for about one more forward pass of time.

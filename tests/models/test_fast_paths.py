@@ -3,6 +3,9 @@
 * ``for_inference()`` (frozen kernels, BatchNorm folding, oneDNN linear): float32 logits within
   1e-4 of the plain eval model, with non-trivial BatchNorm statistics;
 * ``use_fast_kernels()`` (oneDNN linear in training): same loss and gradients as ``F.linear``;
+  its counter-based dropout: the documented hash (against numpy's uint32 arithmetic), the keep
+  rate (binomial test), independence within and across masks (chi-square tests), inverted
+  scaling in both passes, reproducibility from the seed, replay under checkpointing;
 * ``set_checkpointing()``: same gradients (dropout replayed) and BatchNorm running statistics
   updated once, not twice;
 * bf16 inference: logits close, labels nearly all equal;
@@ -13,15 +16,21 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 
 from tests.models.test_contract import NAMES, build, tiny
 from transunet.layers.fast import (
+    FastDropout,
     FastLinear,
     InferenceModel,
+    dropout,
+    dropout_keep_mask,
+    eager_dropout,
     find_blocks,
     fold_batchnorm,
     freeze_kernels,
@@ -118,13 +127,15 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
     fast = copy.deepcopy(plain)
     keys = list(fast.state_dict())
     n = fast.use_fast_kernels()
-    assert n == sum(type(m) is nn.Linear for m in plain.modules()) and n > 0
+    n_linear = sum(type(m) is nn.Linear for m in plain.modules())
+    assert n == n_linear + sum(type(m) is nn.Dropout for m in plain.modules()) and n_linear > 0
     assert list(fast.state_dict()) == keys
     x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
     losses, grads = [], []
     for m in (plain, fast):
         torch.manual_seed(1)
-        loss = F.cross_entropy(m(x), y)
+        with eager_dropout():  # PyTorch's masks in both, so only the linear kernels differ
+            loss = F.cross_entropy(m(x), y)
         loss.backward()
         losses.append(loss.detach())
         grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
@@ -132,7 +143,75 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
-    assert fast.use_fast_kernels(False) == n and not any(isinstance(m, FastLinear) for m in fast.modules())
+    assert fast.use_fast_kernels(False) == n
+    assert not any(isinstance(m, (FastLinear, FastDropout)) for m in fast.modules())
+
+
+def _numpy_keep_mask(n: int, p: float, seed: int) -> np.ndarray:
+    """The documented mask, in numpy's wrapping uint32 arithmetic."""
+    g = torch.Generator().manual_seed(seed)
+    k1, k2 = torch.randint(-2**31, 2**31, (2,), dtype=torch.int64, generator=g).tolist()
+    h = np.arange(n, dtype=np.uint32) * np.uint32((k1 | 1) & 0xFFFFFFFF) + np.uint32(k2 & 0xFFFFFFFF)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h.view(np.int32) >= round(p * 2**32) - 2**31
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_mask_is_the_documented_hash_with_the_right_rate(p: float) -> None:
+    n = 400_000
+    mask = dropout_keep_mask((n,), p, generator=torch.Generator().manual_seed(7))
+    assert mask.dtype == torch.bool
+    np.testing.assert_array_equal(mask.numpy(), _numpy_keep_mask(n, p, 7))
+    kept = int(mask.sum())
+    assert stats.binomtest(kept, n, 1 - p).pvalue > 1e-4, kept / n
+
+
+def test_dropout_masks_are_independent_within_and_across_calls() -> None:
+    g = torch.Generator().manual_seed(11)
+    a = dropout_keep_mask((200_000,), 0.3, generator=g).numpy()
+    b = dropout_keep_mask((200_000,), 0.3, generator=g).numpy()
+    assert not np.array_equal(a, b)
+    for u, v in [(a[:-1], a[1:]), (a[::2], a[1::2]), (a[:-64], a[64:]), (a, b)]:  # neighbours, strides, calls
+        table = np.array([[np.sum(u & v), np.sum(u & ~v)], [np.sum(~u & v), np.sum(~u & ~v)]])
+        assert stats.chi2_contingency(table).pvalue > 1e-4, table
+
+
+def test_dropout_reproducible_from_the_seed_and_the_thread_count() -> None:
+    masks = []
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            torch.manual_seed(5)
+            masks.append(dropout_keep_mask((3, 1000, 77), 0.1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_dropout_scales_both_passes_and_is_identity_when_off() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 257, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x, 0.25)
+    keep = y != 0
+    torch.testing.assert_close(y[keep], x[keep] / 0.75)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, torch.where(keep, g / 0.75, 0.0))
+    torch.manual_seed(3)  # the mask comes from the default generator: the same seed, the same mask
+    assert torch.equal(dropout(x, 0.25) != 0, keep)
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dropout(x.bfloat16(), 0.25).dtype == torch.bfloat16
+    layer = nn.Dropout(0.25)
+    layer.__class__ = FastDropout
+    assert layer.eval()(x) is x
 
 
 def test_find_blocks_takes_the_architectures_units() -> None:
@@ -167,6 +246,25 @@ def test_checkpointing_same_gradients_and_batchnorm_statistics(name: str) -> Non
     for k, b in results[0][2].items():  # running statistics updated exactly once
         torch.testing.assert_close(results[1][2][k], b, rtol=0, atol=0, msg=k)
     assert ckpt.set_checkpointing(False) > 0
+
+
+def test_checkpointing_replays_the_fast_dropout_masks() -> None:
+    from transunet import create_model
+
+    torch.manual_seed(0)
+    fast = create_model("R50-ViT-B_16", num_classes=3, img_size=(32, 32),
+                        **{**tiny("R50-ViT-B_16")[0], "dropout": 0.3}).train()
+    assert fast.use_fast_kernels() > 0
+    ckpt = copy.deepcopy(fast)
+    assert ckpt.set_checkpointing() > 0
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    grads = []
+    for m in (fast, ckpt):
+        torch.manual_seed(3)
+        F.cross_entropy(m(x), y).backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    for k, g in grads[0].items():  # a mask drawn anew in the recomputation would change these
+        torch.testing.assert_close(grads[1][k], g, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_bf16_inference_close_to_fp32() -> None:

@@ -33,24 +33,31 @@ from torch import nn
 
 from transunet.layers.std_conv import FoldConv2d, StdConv2d
 
-__all__ = ["FastLinear", "InferenceModel", "checkpoint_blocks", "find_blocks", "fold_batchnorm",
-           "freeze_kernels", "linear", "onednn_mm", "onednn_linear_available", "use_onednn_linear"]
+__all__ = ["FastDropout", "FastLinear", "InferenceModel", "checkpoint_blocks", "dropout", "dropout_keep_mask",
+           "eager_dropout", "find_blocks", "fold_batchnorm", "freeze_kernels", "linear", "onednn_mm",
+           "onednn_linear_available", "use_fast_dropout", "use_onednn_linear"]
 
 log = logging.getLogger(__name__)
 
 
-def _probe_onednn_linear() -> bool:
+def _probe_onednn_linear() -> tuple[bool, bool]:
+    """(whether ``mkldnn._linear_pointwise`` runs here, whether it honours a transposed weight view)."""
     if not torch.backends.mkldnn.is_available():
-        return False
+        return False, False
     try:
         op = torch.ops.mkldnn._linear_pointwise
         x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4)
-        return bool(torch.equal(op(x, w, b, "none", [], ""), torch.full((2, 4), 3.0)))
+        if not torch.equal(op(x, w, b, "none", [], ""), torch.full((2, 4), 3.0)):
+            return False, False
+        a = torch.arange(6.0).reshape(2, 3)
+        w_t = torch.arange(12.0).reshape(3, 4).t()  # (4, 3) with strides (1, 4)
+        return True, bool(torch.equal(op(a, w_t, None, "none", [], ""), a @ w_t.t()))
     except (AttributeError, RuntimeError, NotImplementedError):  # op missing, or no oneDNN kernel here
-        return False
+        return False, False
 
 
-_ONEDNN_LINEAR = _probe_onednn_linear()  # probed once at import (a 2x3 product), constant for torch.compile
+# probed once at import (two tiny products), constant for torch.compile
+_ONEDNN_LINEAR, _ONEDNN_STRIDED_WEIGHT = _probe_onednn_linear()
 
 
 def onednn_linear_available() -> bool:
@@ -65,7 +72,11 @@ def onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None) -> 
     A custom operator, so autograd uses the oneDNN backward below and ``torch.compile`` keeps it
     as one opaque call (Inductor would otherwise require a constant weight).
     """
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b_t.contiguous(), bias, "none", [], "")
+    # oneDNN reads the weight operand through its strides, so the transposed views of the backward
+    # pass (``W.t()``, ``x.t()``) are not copied; the row operand must be contiguous
+    if not _ONEDNN_STRIDED_WEIGHT:
+        b_t = b_t.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b_t, bias, "none", [], "")
 
 
 @onednn_mm.register_fake
@@ -85,7 +96,7 @@ def _onednn_mm_backward(ctx, grad: torch.Tensor):
     if ctx.needs_input_grad[0]:
         ga = onednn_mm(grad, b_t.t(), None)  # (M, K) = g @ W
     if ctx.needs_input_grad[1]:
-        gb = onednn_mm(grad.t(), a.t(), None)  # (N, K) = g^T @ x
+        gb = onednn_mm(grad.t(), a.t(), None)  # (N, K) = g^T @ x (g^T copied, x^T read strided)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gbias = grad.sum(0)
     return ga, gb, gbias
@@ -144,6 +155,119 @@ def use_onednn_linear(module: nn.Module, enable: bool = True) -> int:
             n += 1
         elif not enable and type(m) is FastLinear:
             m.__class__ = nn.Linear
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based dropout (CPU training)
+# ----------------------------------------------------------------------------------------------
+# MurmurHash3's 32-bit finalizer constants 0x85EBCA6B and 0xC2B2AE35, written as int32
+_FMIX_1, _FMIX_2 = -2048144789, -1028477387
+_EAGER_DROPOUT = [False]
+
+
+class eager_dropout:
+    """Context manager: :class:`FastDropout` layers draw PyTorch's own masks (``F.dropout``) inside it.
+
+    Used to compare a fast training path with the reference one on identical masks (the
+    benchmark's gradient check); training itself never needs it.
+    """
+
+    def __enter__(self) -> None:
+        self._prev = _EAGER_DROPOUT[0]
+        _EAGER_DROPOUT[0] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _EAGER_DROPOUT[0] = self._prev
+
+
+def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Bernoulli(1 - p) keep-mask from a counter-based hash, in a few vectorised passes.
+
+    Two 32-bit keys are drawn from ``generator`` (PyTorch's default CPU generator when ``None``,
+    so ``torch.manual_seed``, saved RNG states and activation checkpointing's RNG replay all
+    govern the masks); element ``i`` is kept when ``h = fmix32(i * k1 + k2)`` (MurmurHash3's
+    finalizer, ``k1`` odd, arithmetic mod 2^32), read as a signed 32-bit integer, is at least
+    ``round(p * 2^32) - 2^31``. ``h`` is uniform over the 2^32 values, so the keep probability is
+    ``1 - p`` to within 2^-32; masks do not depend on the thread count.
+
+    Args:
+        shape: Mask shape (fewer than 2^31 elements).
+        p: Drop probability, ``0 < p < 1``.
+        device: Where to build the mask.
+        generator: Source of the two keys.
+
+    Returns:
+        A bool tensor of ``shape``, ``True`` where the element is kept.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if not 0.0 < p < 1.0 or n >= 2**31:
+        raise ValueError(f"dropout_keep_mask needs 0 < p < 1 and fewer than 2^31 elements, got p={p}, {n} elements")
+    k1, k2 = torch.randint(-2**31, 2**31, (2,), dtype=torch.int64, generator=generator).tolist()
+    h = torch.arange(n, dtype=torch.int32, device=device)
+    h.mul_(k1 | 1).add_(k2)  # int32 arithmetic wraps mod 2^32 (checked against numpy uint32 in the tests)
+    # fmix32 with logical right shifts (``>>`` on int32 is arithmetic: mask off the sign copies)
+    h.bitwise_xor_((h >> 16) & 0xFFFF).mul_(_FMIX_1)
+    h.bitwise_xor_((h >> 13) & 0x7FFFF).mul_(_FMIX_2)
+    h.bitwise_xor_((h >> 16) & 0xFFFF)
+    return (h >= round(p * 2**32) - 2**31).view(tuple(shape))
+
+
+class _MaskScale(torch.autograd.Function):
+    """``x * keep * scale`` with the bool mask saved for the backward pass (1 byte per element)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout with :func:`dropout_keep_mask` masks for CPU tensors, ``F.dropout`` otherwise.
+
+    Same distribution and scaling (``1 / (1 - p)``) as ``F.dropout``, other random numbers: on CPU
+    PyTorch draws its Bernoulli masks serially, which made dropout 6-10% of a TransUNet training
+    step on 2 cores (``benchmarks/bench_speed.py``). GPU tensors, ``p`` of 0 or 1, tensors of
+    2^31 elements or more and code inside :class:`eager_dropout` use ``F.dropout``.
+    """
+    if not training or p == 0.0:
+        return x
+    if _EAGER_DROPOUT[0] or x.device.type != "cpu" or p >= 1.0 or x.numel() >= 2**31 or x.numel() == 0:
+        return F.dropout(x, p, training)
+    return _MaskScale.apply(x, dropout_keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` drawing its CPU masks with :func:`dropout` (no parameters; ``inplace`` is ignored)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply dropout (training mode) or return ``x`` (eval mode)."""
+        return dropout(x, self.p, self.training)
+
+
+def use_fast_dropout(module: nn.Module, enable: bool = True) -> int:
+    """Make every ``nn.Dropout`` in ``module`` a :class:`FastDropout` (or back, ``enable=False``).
+
+    Returns:
+        The number of layers changed.
+    """
+    n = 0
+    for m in module.modules():
+        if enable and type(m) is nn.Dropout:
+            m.__class__ = FastDropout
+            n += 1
+        elif not enable and type(m) is FastDropout:
+            m.__class__ = nn.Dropout
             n += 1
     return n
 

@@ -41,6 +41,7 @@ from transunet.layers.fast import (
     find_blocks,
     fold_batchnorm,
     freeze_kernels,
+    use_fast_dropout,
     use_onednn_linear,
 )
 from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel
@@ -267,13 +268,15 @@ class SegmentationModel(nn.Module):
         return checkpoint_blocks(self, enable, self.checkpoint_blocks() if enable else None)
 
     def use_fast_kernels(self, enable: bool = True) -> int:
-        """Run float32 CPU linear layers through oneDNN in both passes (in place; see
-        :mod:`transunet.layers.fast`). Parameters and state-dict keys stay.
+        """The training fast paths, in place (see :mod:`transunet.layers.fast`): float32 CPU linear
+        layers through oneDNN in both passes, and CPU dropout masks from a counter-based hash
+        (:class:`~transunet.layers.fast.FastDropout`: same distribution, other random numbers than
+        PyTorch's serial generator). Parameters and state-dict keys stay.
 
         Returns:
-            The number of linear layers changed.
+            The number of layers changed (linear and dropout).
         """
-        return use_onednn_linear(self, enable)
+        return use_onednn_linear(self, enable) + use_fast_dropout(self, enable)
 
     @property
     def prefers_channels_last(self) -> bool:
