@@ -20,7 +20,7 @@ Paths (the names used by ``--paths``):
 * training step (forward, 0.5 CE + 0.5 Dice, backward, SGD with momentum): ``eager``,
   ``fast`` (``train.fast_kernels``: oneDNN linear, counter-based dropout masks, and the fused SGD
   step that training uses everywhere), ``compiled`` (``train.compile``),
-  ``bf16_autocast``, ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
+  ``bf16_autocast`` (``train.amp: bf16``), ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
   checkpointing, ``train.checkpointing``). The compiled training paths run at 224 only unless
   named in ``--paths`` (compiling the 512 step takes many minutes on 2 cores).
 
@@ -146,7 +146,7 @@ def worker(spec: dict) -> dict:
         out["logits"] = logits.float().cpu()
     else:
         model.train()
-        if path.startswith("fast") or path.endswith("compiled") or path.endswith("_ckpt"):
+        if path != "eager":  # every training path but the reference runs train.fast_kernels (the default)
             model.use_fast_kernels()
         if path.endswith("_ckpt"):
             model.set_checkpointing()
