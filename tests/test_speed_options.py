@@ -102,3 +102,22 @@ def test_training_sgd_is_fused_and_equal_to_the_loop() -> None:
     states = [[sorted(o.state[p]) for p in ps] for o, ps in ((fused, [*model.parameters(), big]),
                                                              (loop, [*loop_model.parameters(), big_loop]))]
     assert states[0] == states[1]  # the same state entries (momentum buffers): checkpoints move between them
+
+
+
+def test_fast_dropout_compiles() -> None:
+    """Under ``torch.compile`` the counter-based dropout hands over to ``F.dropout`` (Inductor cannot
+    generate its int32 shifts): ``train.compile`` with ``train.fast_kernels`` compiles and runs."""
+    import torch.nn.functional as F
+
+    from transunet.layers.fast import dropout
+
+    x = torch.randn(4, 300, requires_grad=True)
+    compiled = torch.compile(lambda t: dropout(t, 0.2) * 2.0, options={"fallback_random": True})
+    torch.manual_seed(4)
+    y = compiled(x)
+    torch.manual_seed(4)
+    ref = F.dropout(x, 0.2) * 2.0  # fallback_random: PyTorch's own masks
+    torch.testing.assert_close(y, ref)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.where(ref != 0, 2.0 / 0.8, 0.0))

@@ -210,10 +210,15 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: tor
     k1, k2 = torch.randint(-2**31, 2**31, (2,), dtype=torch.int64, generator=generator).tolist()
     h = torch.arange(n, dtype=torch.int32, device=device)
     h.mul_(k1 | 1).add_(k2)  # int32 arithmetic wraps mod 2^32 (checked against numpy uint32 in the tests)
-    # fmix32 with logical right shifts (``>>`` on int32 is arithmetic: mask off the sign copies)
-    h.bitwise_xor_((h >> 16) & 0xFFFF).mul_(_FMIX_1)
-    h.bitwise_xor_((h >> 13) & 0x7FFFF).mul_(_FMIX_2)
-    h.bitwise_xor_((h >> 16) & 0xFFFF)
+    # fmix32 with logical right shifts (``>>`` on int32 is arithmetic: mask off the sign copies),
+    # through one scratch buffer: two int32 buffers in all, whatever the mask's size
+    t = torch.empty_like(h)
+    for shift, mult in ((16, _FMIX_1), (13, _FMIX_2), (16, None)):
+        torch.bitwise_right_shift(h, shift, out=t).bitwise_and_((1 << (32 - shift)) - 1)
+        h.bitwise_xor_(t)
+        if mult is not None:
+            h.mul_(mult)
+    del t
     return (h >= round(p * 2**32) - 2**31).view(tuple(shape))
 
 
@@ -238,11 +243,13 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     Same distribution and scaling (``1 / (1 - p)``) as ``F.dropout``, other random numbers: on CPU
     PyTorch draws its Bernoulli masks serially, which made dropout 6-10% of a TransUNet training
     step on 2 cores (``benchmarks/bench_speed.py``). GPU tensors, ``p`` of 0 or 1, tensors of
-    2^31 elements or more and code inside :class:`eager_dropout` use ``F.dropout``.
+    2^31 elements or more, code inside :class:`eager_dropout` and code traced by ``torch.compile``
+    (whose C++ code generation fails on the int32 shifts in PyTorch 2.14) use ``F.dropout``.
     """
     if not training or p == 0.0:
         return x
-    if _EAGER_DROPOUT[0] or x.device.type != "cpu" or p >= 1.0 or x.numel() >= 2**31 or x.numel() == 0:
+    if (_EAGER_DROPOUT[0] or x.device.type != "cpu" or p >= 1.0 or x.numel() >= 2**31 or x.numel() == 0
+            or torch.compiler.is_compiling()):  # Inductor fails to generate the int32 shifts (torch 2.14)
         return F.dropout(x, p, training)
     return _MaskScale.apply(x, dropout_keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
 
