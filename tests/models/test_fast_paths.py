@@ -37,6 +37,7 @@ from transunet.layers.fast import (
     linear,
     onednn_linear_available,
 )
+from transunet.layers.std_conv import FastStdConv2d, StdConv2d, standardize_kernel, standardize_kernel_fast
 
 
 def _randomize_norm_stats(model: nn.Module) -> None:
@@ -128,7 +129,9 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
     keys = list(fast.state_dict())
     n = fast.use_fast_kernels()
     n_linear = sum(type(m) is nn.Linear for m in plain.modules())
-    assert n == n_linear + sum(type(m) is nn.Dropout for m in plain.modules()) and n_linear > 0
+    n_std = sum(type(m) is StdConv2d for m in plain.modules())
+    assert n == n_linear + sum(type(m) is nn.Dropout for m in plain.modules()) + n_std
+    assert n_linear > 0 and n_std > 0
     assert list(fast.state_dict()) == keys
     x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
     losses, grads = [], []
@@ -144,7 +147,21 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
     assert fast.use_fast_kernels(False) == n
-    assert not any(isinstance(m, (FastLinear, FastDropout)) for m in fast.modules())
+    assert not any(isinstance(m, (FastLinear, FastDropout, FastStdConv2d)) for m in fast.modules())
+
+
+def test_fast_weight_standardization_matches_the_reference_in_both_passes() -> None:
+    torch.manual_seed(0)
+    for shape in [(64, 3, 7, 7), (256, 64, 1, 1), (128, 128, 3, 3)]:
+        w = (torch.randn(*shape) * 0.05 + 0.01).requires_grad_()
+        g = torch.randn(*shape)
+        ref = standardize_kernel(w, 1e-5)
+        fast = standardize_kernel_fast(w, 1e-5)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+        (g_ref,) = torch.autograd.grad(ref, w, g)
+        (g_fast,) = torch.autograd.grad(fast, w, g)
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-4)
+        assert float(fast.detach().mean(dim=(1, 2, 3)).abs().max()) < 1e-5
 
 
 def _numpy_keep_mask(n: int, p: float, seed: int) -> np.ndarray:

@@ -44,7 +44,7 @@ from transunet.layers.fast import (
     use_fast_dropout,
     use_onednn_linear,
 )
-from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel
+from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel, use_fast_std_conv
 from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
@@ -269,14 +269,16 @@ class SegmentationModel(nn.Module):
 
     def use_fast_kernels(self, enable: bool = True) -> int:
         """The training fast paths, in place (see :mod:`transunet.layers.fast`): float32 CPU linear
-        layers through oneDNN in both passes, and CPU dropout masks from a counter-based hash
+        layers through oneDNN in both passes, CPU dropout masks from a counter-based hash
         (:class:`~transunet.layers.fast.FastDropout`: same distribution, other random numbers than
-        PyTorch's serial generator). Parameters and state-dict keys stay.
+        PyTorch's serial generator), and weight standardization through the fused layer-norm
+        kernels (:class:`~transunet.layers.std_conv.FastStdConv2d`: float32 rounding). Parameters
+        and state-dict keys stay.
 
         Returns:
-            The number of layers changed (linear and dropout).
+            The number of layers changed (linear, dropout, weight-standardized convolutions).
         """
-        return use_onednn_linear(self, enable) + use_fast_dropout(self, enable)
+        return use_onednn_linear(self, enable) + use_fast_dropout(self, enable) + use_fast_std_conv(self, enable)
 
     @property
     def prefers_channels_last(self) -> bool:
