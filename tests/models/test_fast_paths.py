@@ -177,9 +177,8 @@ def _numpy_keep_mask(n: int, p: float, seed: int) -> np.ndarray:
     return h.view(np.int32) >= round(p * 2**32) - 2**31
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_dropout_mask_is_the_documented_hash_with_the_right_rate(p: float) -> None:
-    n = 400_000
+@pytest.mark.parametrize("p,n", [(0.1, 400_000), (0.5, 400_000), (0.9, 400_000), (0.1, (1 << 21) + 12_345)])
+def test_dropout_mask_is_the_documented_hash_with_the_right_rate(p: float, n: int) -> None:  # n > 2^20: chunks
     mask = dropout_keep_mask((n,), p, generator=torch.Generator().manual_seed(7))
     assert mask.dtype == torch.bool
     np.testing.assert_array_equal(mask.numpy(), _numpy_keep_mask(n, p, 7))
