@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transunet.layers.std_conv import FoldConv2d, StdConv2d
+from transunet.layers.std_conv import FastStdConv2d, FoldConv2d, StdConv2d
 
 __all__ = ["FastDropout", "FastLinear", "InferenceModel", "checkpoint_blocks", "dropout", "dropout_keep_mask",
            "eager_dropout", "find_blocks", "fold_batchnorm", "freeze_kernels", "linear", "onednn_mm",
-           "onednn_linear_available", "use_fast_dropout", "use_onednn_linear"]
+           "onednn_linear_available", "swap_class", "use_fast_dropout", "use_fast_std_conv", "use_onednn_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -136,27 +136,47 @@ class FastLinear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def use_onednn_linear(module: nn.Module, enable: bool = True) -> int:
-    """Make every ``nn.Linear`` in ``module`` a :class:`FastLinear` (or back, ``enable=False``).
+def swap_class(module: nn.Module, plain: type[nn.Module], fast: type[nn.Module], enable: bool = True) -> int:
+    """Change the class of every submodule of exactly type ``plain`` to ``fast`` (or back).
 
-    The swap changes the class only: parameters, buffers, hooks and state-dict keys stay.
+    ``fast`` must be a subclass of ``plain`` that only overrides methods: parameters, buffers,
+    hooks and state-dict keys stay, so a checkpoint saved from either loads into the other.
 
     Args:
         module: Any module (changed in place).
-        enable: ``True`` to swap in :class:`FastLinear`, ``False`` to restore ``nn.Linear``.
+        plain: The class to replace.
+        fast: Its drop-in subclass.
+        enable: ``True`` for ``plain -> fast``, ``False`` for ``fast -> plain``.
+
+    Returns:
+        The number of modules changed.
+    """
+    src, dst = (plain, fast) if enable else (fast, plain)
+    n = 0
+    for m in module.modules():
+        if type(m) is src:
+            m.__class__ = dst
+            n += 1
+    return n
+
+
+def use_onednn_linear(module: nn.Module, enable: bool = True) -> int:
+    """Make every ``nn.Linear`` in ``module`` a :class:`FastLinear` (or back, ``enable=False``).
 
     Returns:
         The number of layers changed.
     """
-    n = 0
-    for m in module.modules():
-        if enable and type(m) is nn.Linear:
-            m.__class__ = FastLinear
-            n += 1
-        elif not enable and type(m) is FastLinear:
-            m.__class__ = nn.Linear
-            n += 1
-    return n
+    return swap_class(module, nn.Linear, FastLinear, enable)
+
+
+def use_fast_std_conv(module: nn.Module, enable: bool = True) -> int:
+    """Make every :class:`~transunet.layers.std_conv.StdConv2d` in ``module`` a
+    :class:`~transunet.layers.std_conv.FastStdConv2d` (or back, ``enable=False``).
+
+    Returns:
+        The number of layers changed.
+    """
+    return swap_class(module, StdConv2d, FastStdConv2d, enable)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,15 +297,7 @@ def use_fast_dropout(module: nn.Module, enable: bool = True) -> int:
     Returns:
         The number of layers changed.
     """
-    n = 0
-    for m in module.modules():
-        if enable and type(m) is nn.Dropout:
-            m.__class__ = FastDropout
-            n += 1
-        elif not enable and type(m) is FastDropout:
-            m.__class__ = nn.Dropout
-            n += 1
-    return n
+    return swap_class(module, nn.Dropout, FastDropout, enable)
 
 
 def _foldable_conv(m: nn.Module) -> bool:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FastStdConv2d", "FoldConv2d", "StdConv2d", "adapt_rgb_kernel", "fold_kernel", "rgb_kernel_channels",
-           "standardize_kernel", "standardize_kernel_fast", "use_fast_std_conv"]
+           "standardize_kernel", "standardize_kernel_fast"]
 
 
 def standardize_kernel(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -229,25 +229,9 @@ class StdConv2d(FoldConv2d):
 
 class FastStdConv2d(StdConv2d):
     """:class:`StdConv2d` standardizing with :func:`standardize_kernel_fast` (same parameters and
-    state-dict keys; swapped in by :meth:`~transunet.models.base.SegmentationModel.use_fast_kernels`)."""
+    state-dict keys; swapped in by :func:`transunet.layers.fast.use_fast_std_conv`)."""
 
     def effective_weight(self) -> torch.Tensor:
         """Standardized (then folded) kernel ``(out, input_channels, kh, kw)``."""
         return fold_kernel(standardize_kernel_fast(self.weight, self.eps), self.input_channels)
 
-
-def use_fast_std_conv(module: nn.Module, enable: bool = True) -> int:
-    """Make every :class:`StdConv2d` in ``module`` a :class:`FastStdConv2d` (or back, ``enable=False``).
-
-    Returns:
-        The number of layers changed.
-    """
-    n = 0
-    for m in module.modules():
-        if enable and type(m) is StdConv2d:
-            m.__class__ = FastStdConv2d
-            n += 1
-        elif not enable and type(m) is FastStdConv2d:
-            m.__class__ = StdConv2d
-            n += 1
-    return n

@@ -42,9 +42,10 @@ from transunet.layers.fast import (
     fold_batchnorm,
     freeze_kernels,
     use_fast_dropout,
+    use_fast_std_conv,
     use_onednn_linear,
 )
-from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel, use_fast_std_conv
+from transunet.layers.std_conv import FoldConv2d, adapt_rgb_kernel
 from transunet.utils import as_size
 from transunet.weights import ConvertedWeights, ForeignWeights, strip_prefixes
 
