@@ -130,8 +130,12 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
     n = fast.use_fast_kernels()
     n_linear = sum(type(m) is nn.Linear for m in plain.modules())
     n_std = sum(type(m) is StdConv2d for m in plain.modules())
-    assert n == n_linear + sum(type(m) is nn.Dropout for m in plain.modules()) + n_std
-    assert n_linear > 0 and n_std > 0
+    n_parts = len(plain.channels_last_parts())  # the decoder and the head
+    assert n == n_linear + sum(type(m) is nn.Dropout for m in plain.modules()) + n_std + n_parts
+    assert n_linear > 0 and n_std > 0 and n_parts == 2
+    seen = []
+    fast.decoder.register_forward_hook(lambda m, a, out: seen.append(
+        (a[0].is_contiguous(memory_format=torch.channels_last), out.is_contiguous(memory_format=torch.channels_last))))
     assert list(fast.state_dict()) == keys
     x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
     losses, grads = [], []
@@ -143,10 +147,13 @@ def test_fast_kernels_training_step_matches_and_keeps_state_dict() -> None:
         losses.append(loss.detach())
         grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    assert seen == [(True, True)]  # the decoder trained channels-last
+    assert fast(x).is_contiguous()  # the model's output is back in the default layout
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-5, msg=k)
     assert fast.use_fast_kernels(False) == n
+    assert not fast._forward_hooks and not fast.decoder._forward_pre_hooks
     assert not any(isinstance(m, (FastLinear, FastDropout, FastStdConv2d)) for m in fast.modules())
 
 

@@ -33,7 +33,8 @@ from torch import nn
 
 from transunet.layers.std_conv import FastStdConv2d, FoldConv2d, StdConv2d
 
-__all__ = ["FastDropout", "FastLinear", "InferenceModel", "checkpoint_blocks", "dropout", "dropout_keep_mask",
+__all__ = ["FastDropout", "FastLinear", "InferenceModel", "channels_last_in_training", "checkpoint_blocks", "dropout",
+           "dropout_keep_mask",
            "eager_dropout", "find_blocks", "fold_batchnorm", "freeze_kernels", "linear", "onednn_mm",
            "onednn_linear_available", "swap_class", "use_fast_dropout", "use_fast_std_conv", "use_onednn_linear"]
 
@@ -298,6 +299,70 @@ def use_fast_dropout(module: nn.Module, enable: bool = True) -> int:
         The number of layers changed.
     """
     return swap_class(module, nn.Dropout, FastDropout, enable)
+
+
+# ----------------------------------------------------------------------------------------------
+# Channels-last parts of a model in training
+# ----------------------------------------------------------------------------------------------
+def _channels_last(x: object) -> object:
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_channels_last(v) for v in x)
+    return x
+
+
+def _contiguous(x: object) -> object:
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_contiguous(v) for v in x)
+    return x
+
+
+def _cl_inputs_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    if not module.training:
+        return None
+    return _channels_last(args), {k: _channels_last(v) for k, v in kwargs.items()}
+
+
+def _contiguous_output_hook(module: nn.Module, args: tuple, output: object) -> object:
+    return _contiguous(output) if module.training else None
+
+
+def channels_last_in_training(model: nn.Module, parts: list[nn.Module], enable: bool = True) -> int:
+    """Store the 4D inputs of ``parts`` channels-last while ``model`` trains (in place, by hooks).
+
+    The parts then compute in oneDNN's native layout; ``model``'s 4D outputs are returned in the
+    default layout, so losses and callers see no difference. Evaluation mode is untouched. Meant
+    for parts without GroupNorm, whose channels-last backward is slow on CPU (the R50 backbone),
+    e.g. a convolutional decoder: its low-channel, full-resolution convolutions and bilinear
+    upsampling are 2-3x faster channels-last (``benchmarks/bench_speed.py``).
+
+    Args:
+        model: The whole model.
+        parts: Its submodules to run channels-last.
+        enable: ``False`` removes the hooks installed before.
+
+    Returns:
+        The number of parts changed.
+    """
+    removed = 0  # hooks found by their function, so a deep copy of the model can be switched too
+    for m in model.modules():
+        for key, fn in list(m._forward_pre_hooks.items()):
+            if fn is _cl_inputs_hook:
+                del m._forward_pre_hooks[key]
+                m._forward_pre_hooks_with_kwargs.pop(key, None)
+                removed += 1
+        for key, fn in list(m._forward_hooks.items()):
+            if fn is _contiguous_output_hook:
+                del m._forward_hooks[key]
+    if not enable or not parts:
+        return removed
+    for m in parts:
+        m.register_forward_pre_hook(_cl_inputs_hook, with_kwargs=True)
+    model.register_forward_hook(_contiguous_output_hook)
+    return len(parts)
 
 
 def _foldable_conv(m: nn.Module) -> bool:

@@ -37,6 +37,7 @@ from torch import nn
 from transunet.errors import CheckpointError, did_you_mean
 from transunet.layers.fast import (
     InferenceModel,
+    channels_last_in_training,
     checkpoint_blocks,
     find_blocks,
     fold_batchnorm,
@@ -268,18 +269,29 @@ class SegmentationModel(nn.Module):
         """
         return checkpoint_blocks(self, enable, self.checkpoint_blocks() if enable else None)
 
+    def channels_last_parts(self) -> list[nn.Module]:
+        """Submodules whose activations are stored channels-last in training with the fast kernels
+        (:meth:`use_fast_kernels`, see :func:`transunet.layers.fast.channels_last_in_training`).
+
+        Default: none. A model names parts where it was measured to pay: convolutional parts
+        without GroupNorm (whose channels-last backward is slow on CPU).
+        """
+        return []
+
     def use_fast_kernels(self, enable: bool = True) -> int:
         """The training fast paths, in place (see :mod:`transunet.layers.fast`): float32 CPU linear
         layers through oneDNN in both passes, CPU dropout masks from a counter-based hash
         (:class:`~transunet.layers.fast.FastDropout`: same distribution, other random numbers than
         PyTorch's serial generator), and weight standardization through the fused layer-norm
-        kernels (:class:`~transunet.layers.std_conv.FastStdConv2d`: float32 rounding). Parameters
-        and state-dict keys stay.
+        kernels (:class:`~transunet.layers.std_conv.FastStdConv2d`: float32 rounding), and
+        channels-last activations in :meth:`channels_last_parts` during training (float32
+        rounding). Parameters and state-dict keys stay.
 
         Returns:
-            The number of layers changed (linear, dropout, weight-standardized convolutions).
+            The number of layers and parts changed.
         """
-        return use_onednn_linear(self, enable) + use_fast_dropout(self, enable) + use_fast_std_conv(self, enable)
+        return (use_onednn_linear(self, enable) + use_fast_dropout(self, enable) + use_fast_std_conv(self, enable)
+                + channels_last_in_training(self, self.channels_last_parts(), enable))
 
     @property
     def prefers_channels_last(self) -> bool:
