@@ -18,8 +18,9 @@ Paths (the names used by ``--paths``):
   ``bf16_autocast`` (plain model under autocast), ``bf16`` (inference copy in bfloat16),
   ``bf16_compiled``; all but ``fast`` run channels-last;
 * training step (forward, 0.5 CE + 0.5 Dice, backward, SGD with momentum): ``eager``,
-  ``fast`` (``train.fast_kernels``: oneDNN linear, counter-based dropout masks, and the fused SGD
-  step that training uses everywhere), ``compiled`` (``train.compile``),
+  ``fast`` (``train.fast_kernels``: oneDNN linear, counter-based dropout masks, fused weight
+  standardization, a channels-last decoder, and the fused SGD step that training uses
+  everywhere), ``compiled`` (``train.compile``),
   ``bf16_autocast`` (``train.amp: bf16``), ``bf16_compiled``, ``fast_ckpt`` / ``bf16_ckpt`` (activation
   checkpointing, ``train.checkpointing``). The compiled training paths run at 224 only unless
   named in ``--paths`` (compiling the 512 step takes many minutes on 2 cores).
