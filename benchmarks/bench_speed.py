@@ -45,6 +45,7 @@ Usage::
     python benchmarks/bench_speed.py --rows infer224 --paths eager fast bf16
     python benchmarks/bench_speed.py --demo-run transunet_demo/runs/demo_cpu_transunet_tiny
     python benchmarks/bench_speed.py --gemm                        # GEMM rates: MKL vs oneDNN
+    python benchmarks/bench_speed.py --rows train224 --paths eager fast --profile 25   # top operators
     python benchmarks/bench_speed.py --device cuda                 # GPU rows (fp16/bf16, compile)
 """
 
@@ -211,6 +212,17 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - t0)
     out.update(best_s=min(times), median_s=sorted(times)[len(times) // 2], peak_mib=status_mib("VmHWM"),
                step_mib=status_mib("VmHWM") - base_rss)
+    if spec.get("profile"):  # one more call (or step) under the profiler: where the time goes, by operator
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            run()
+            if kind == "train":
+                scaler.step(opt)
+                scaler.update()
+            _sync(device)
+        out["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=spec["profile"])
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -325,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3, help="timed repetitions after one warm-up")
     p.add_argument("--demo-run", type=Path, default=None, help="demo run folder for the bf16 Dice check")
     p.add_argument("--gemm", action="store_true", help="print GEMM rates (MKL vs oneDNN) and exit")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="after each path's timing, profile one more call or step and print its top K operators")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for results.json and speed.png (speed-up and peak memory per path, per row)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -348,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.iters} timed repetitions after a warm-up (time: best; median beside it)", flush=True)
     failed = False
     table: dict[str, list[dict]] = {}
+    profiles: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows:
             kind, size, batch = ROWS[row]
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             ref: dict | None = None
             for path in paths:
                 spec = {"row": row, "path": path, "model": args.model, "device": args.device,
-                        "threads": args.threads, "iters": args.iters}
+                        "threads": args.threads, "iters": args.iters, "profile": args.profile}
                 r = run_child(spec, Path(tmp))
                 if "error" in r:
                     print(f"| {path} | failed: {r['error']} |", flush=True)
@@ -387,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     line += f" {r.get('cuda_peak_mib', float('nan')):.0f} |"
                 print(line + f" {verdict} |", flush=True)
+                if r.get("profile"):
+                    profiles.append((path, r["profile"]))
+            for path, prof in profiles:
+                print(f"\n### where {path}'s time goes ({what} {size}x{size}, one call under the profiler)\n")
+                print("```\n" + prof.rstrip() + "\n```", flush=True)
+            profiles.clear()
     demo = None
     if args.demo_run is not None:
         demo, ok = demo_dice(args.demo_run, args.device)
