@@ -53,7 +53,7 @@ def _randomize_norm_stats(model: nn.Module) -> None:
                     m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("_")])  # the package's models
+@pytest.mark.parametrize("name", NAMES)  # the package's models
 def test_for_inference_keeps_logits(name: str) -> None:
     size = tiny(name)[1][0]
     model = build(name, size).eval()
