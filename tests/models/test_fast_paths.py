@@ -237,6 +237,27 @@ def test_dropout_scales_both_passes_and_is_identity_when_off() -> None:
     assert layer.eval()(x) is x
 
 
+@pytest.mark.parametrize("name", ["R50-UNet", "R50-AttnUNet"])
+def test_channels_last_decoder_blocks_keep_the_training_step(name: str) -> None:
+    plain = build(name, (32, 32)).train()
+    fast = copy.deepcopy(plain)
+    fast.use_fast_kernels()
+    layouts = []
+    fast.decoder.blocks[-1].register_forward_hook(
+        lambda m, a, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    results = []
+    for m in (plain, fast):
+        out = m(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}, out.is_contiguous()))
+    assert layouts == [True] and results[1][2]  # blocks channels-last inside, the logits contiguous outside
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for k, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][k], g, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_find_blocks_takes_the_architectures_units() -> None:
     model = build("R50-ViT-B_16", (32, 32))
     kinds = {type(b).__name__ for b in find_blocks(model)}

