@@ -136,8 +136,10 @@ class TrainConfig:
         fast_kernels: CPU training fast paths: float32 linear layers through oneDNN in both
             passes (same results up to float rounding, about twice MKL's GEMM rate on AMD CPUs),
             dropout masks from a counter-based hash instead of PyTorch's serial generator (same
-            distribution, other random numbers), and weight standardization (R50 backbones) through
-            the fused layer-norm kernels (float32 rounding). On GPUs only the last one applies.
+            distribution, other random numbers), weight standardization (R50 backbones) through
+            the fused layer-norm kernels (float32 rounding), and the parts a model names in
+            ``channels_last_parts()`` (decoders) trained channels-last. On GPUs only the last two
+            apply.
         compile: ``torch.compile`` the training step's model (Inductor); the first steps compile.
         checkpointing: Activation checkpointing of the model's blocks (transformer layers,
             residual units, decoder blocks): less memory for about one more forward pass of time.

@@ -26,6 +26,7 @@ Neither changes the result beyond float32 rounding (the tests assert ``<= 1e-4``
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -224,9 +225,7 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: tor
     Returns:
         A bool tensor of ``shape``, ``True`` where the element is kept.
     """
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(int(d) for d in shape)
     if not 0.0 < p < 1.0 or n >= 2**31:
         raise ValueError(f"dropout_keep_mask needs 0 < p < 1 and fewer than 2^31 elements, got p={p}, {n} elements")
     k1, k2 = torch.randint(-2**31, 2**31, (2,), dtype=torch.int64, generator=generator).tolist()
@@ -304,30 +303,27 @@ def use_fast_dropout(module: nn.Module, enable: bool = True) -> int:
 # ----------------------------------------------------------------------------------------------
 # Channels-last parts of a model in training
 # ----------------------------------------------------------------------------------------------
-def _channels_last(x: object) -> object:
+def _map_4d(x: object, fn) -> object:
+    """``fn`` applied to every 4D tensor in ``x`` (a tensor, or lists/tuples of them)."""
     if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
+        return fn(x)
     if isinstance(x, (list, tuple)):
-        return type(x)(_channels_last(v) for v in x)
+        return type(x)(_map_4d(v, fn) for v in x)
     return x
 
 
-def _contiguous(x: object) -> object:
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return x.contiguous()
-    if isinstance(x, (list, tuple)):
-        return type(x)(_contiguous(v) for v in x)
-    return x
+def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _cl_inputs_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     if not module.training:
         return None
-    return _channels_last(args), {k: _channels_last(v) for k, v in kwargs.items()}
+    return _map_4d(args, _to_channels_last), {k: _map_4d(v, _to_channels_last) for k, v in kwargs.items()}
 
 
 def _contiguous_output_hook(module: nn.Module, args: tuple, output: object) -> object:
-    return _contiguous(output) if module.training else None
+    return _map_4d(output, torch.Tensor.contiguous) if module.training else None
 
 
 def channels_last_in_training(model: nn.Module, parts: list[nn.Module], enable: bool = True) -> int:

@@ -222,16 +222,17 @@ class StdConv2d(FoldConv2d):
         super().__init__(in_channels, out_channels, kernel_size, input_channels=input_channels, **kwargs)
         self.eps = eps
 
+    #: The standardization (the official code's ops; :class:`FastStdConv2d` swaps in the fused one).
+    standardize = staticmethod(standardize_kernel)
+
     def effective_weight(self) -> torch.Tensor:
         """Standardized (then folded) kernel ``(out, input_channels, kh, kw)``."""
-        return fold_kernel(standardize_kernel(self.weight, self.eps), self.input_channels)
+        return fold_kernel(self.standardize(self.weight, self.eps), self.input_channels)
 
 
 class FastStdConv2d(StdConv2d):
     """:class:`StdConv2d` standardizing with :func:`standardize_kernel_fast` (same parameters and
     state-dict keys; swapped in by :func:`transunet.layers.fast.use_fast_std_conv`)."""
 
-    def effective_weight(self) -> torch.Tensor:
-        """Standardized (then folded) kernel ``(out, input_channels, kh, kw)``."""
-        return fold_kernel(standardize_kernel_fast(self.weight, self.eps), self.input_channels)
+    standardize = staticmethod(standardize_kernel_fast)
 

@@ -282,10 +282,10 @@ class SegmentationModel(nn.Module):
         """The training fast paths, in place (see :mod:`transunet.layers.fast`): float32 CPU linear
         layers through oneDNN in both passes, CPU dropout masks from a counter-based hash
         (:class:`~transunet.layers.fast.FastDropout`: same distribution, other random numbers than
-        PyTorch's serial generator), and weight standardization through the fused layer-norm
-        kernels (:class:`~transunet.layers.std_conv.FastStdConv2d`: float32 rounding), and
-        channels-last activations in :meth:`channels_last_parts` during training (float32
-        rounding). Parameters and state-dict keys stay.
+        PyTorch's serial generator), weight standardization through the fused layer-norm kernels
+        (:class:`~transunet.layers.std_conv.FastStdConv2d`: float32 rounding), and channels-last
+        activations in :meth:`channels_last_parts` during training (float32 rounding).
+        Parameters and state-dict keys stay.
 
         Returns:
             The number of layers and parts changed.

@@ -369,7 +369,7 @@ def _apply_fast_paths(model: nn.Module, cfg: ExperimentConfig) -> None:
         return
     if cfg.train.fast_kernels:
         n = model.use_fast_kernels()
-        log.debug("oneDNN linear layers: %d", n)
+        log.debug("training fast kernels: %d layers and parts", n)
     if cfg.train.checkpointing:
         n = model.set_checkpointing()
         if n == 0:
