@@ -35,6 +35,19 @@ def test_official_state_dict_logits(case: str, attn_impl: str) -> None:
 
 
 @pytest.mark.parametrize("case", SD_CASES)
+def test_official_logits_with_the_training_fast_kernels(case: str) -> None:
+    """A model trained with ``train.fast_kernels`` (oneDNN linear, fused weight standardization,
+    channels-last decoder) still gives the official logits in eval mode."""
+    model = case_model(case)
+    load_state_dict_strict(model, official_state_dict(case), source=case)
+    assert model.use_fast_kernels() > 0
+    io = case_io(case)
+    with torch.no_grad():
+        logits = model.eval()(io["input"])
+    assert _max_diff(logits, io["logits_from_state_dict"]) <= TOL
+
+
+@pytest.mark.parametrize("case", SD_CASES)
 def test_three_channel_model_equals_folded_one_channel(case: str) -> None:
     """A 3-channel model fed the repeated image gives the official logits too (same weights)."""
     model = case_model(case, in_channels=3)
