@@ -153,7 +153,8 @@ class R50UNet(SegmentationModel):
     def channels_last_parts(self) -> list[nn.Module]:
         """The decoder blocks and the head train channels-last with the fast kernels (measured at
         224, batch 4, 2 CPU cores: R50-UNet 7% less time per float32 step and 10% in bf16,
-        R50-AttnUNet 7% and 8%). The blocks, not the decoder: R50-AttnUNet calls them one by one."""
+        R50-AttnUNet 7% and 7%; ``benchmarks/bench_fast_choices.py cl-parts``). The blocks, not the
+        decoder: R50-AttnUNet calls them one by one."""
         return [*self.decoder.blocks, self.segmentation_head]
 
     def profile_parts(self) -> list[tuple[str, str]]:

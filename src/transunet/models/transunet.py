@@ -235,8 +235,9 @@ class TransUNet(SegmentationModel):
     def channels_last_parts(self) -> list[nn.Module]:
         """The decoder and the head train channels-last with the fast kernels: their bilinear
         upsampling and full-resolution, few-channel convolutions run 2-3x faster so (the step at
-        224, batch 4, on 2 CPU cores: 3-4% less time in float32, ~3% in bf16). The GroupNorm
-        backbone stays in the default layout."""
+        224, batch 4, on 2 CPU cores: 2% less time in float32, 3% in bf16;
+        ``benchmarks/bench_fast_choices.py cl-parts``). The GroupNorm backbone stays in the
+        default layout."""
         return [self.decoder, self.segmentation_head]
 
     def profile_parts(self) -> list[tuple[str, str]]:
