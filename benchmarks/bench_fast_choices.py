@@ -1,5 +1,5 @@
-"""Two default choices of the speed work, measured: which parts train channels-last, and the
-inference batch size.
+"""Three choices of the speed work, measured: which parts train channels-last, the inference batch
+size, and the fused weight standardization.
 
 * ``cl-parts``: the training step (forward, 0.5 CE + 0.5 Dice, backward, fused SGD) of each model
   that names ``channels_last_parts()``, with ``use_fast_kernels()`` and those parts channels-last
@@ -9,11 +9,15 @@ inference batch size.
 * ``batch``: slices per second of R50-ViT-B_16's inference copy (``for_inference()``, the
   evaluate/predict default) at several batch sizes, 224 and 512, in one process (the baseline is
   batch 1 of the same size).
+* ``std``: forward + backward of the weight standardization of R50-ViT-B_16's 52 backbone kernels,
+  the reference ops (``standardize_kernel``: ``var_mean`` and elementwise) against the fused ones
+  (``standardize_kernel_fast``: ``F.layer_norm``), with the largest difference of the results.
 
 Usage::
 
     python benchmarks/bench_fast_choices.py cl-parts --threads 2
     python benchmarks/bench_fast_choices.py batch --threads 2
+    python benchmarks/bench_fast_choices.py std --threads 2
 """
 
 from __future__ import annotations
@@ -110,9 +114,42 @@ def batch(threads: int, iters: int) -> None:
             print(f"| {size} | {b} | {rate:.2f} | {rate / base:.2f}x |", flush=True)
 
 
+def std(threads: int, iters: int) -> None:
+    import torch
+
+    from transunet.layers.std_conv import StdConv2d, standardize_kernel, standardize_kernel_fast
+    from transunet.registry import create_model
+
+    torch.set_num_threads(threads)
+    model = create_model("R50-ViT-B_16", num_classes=9)
+    weights = [m.weight for m in model.modules() if isinstance(m, StdConv2d)]
+    print(f"# weight standardization of {len(weights)} kernels ({sum(w.numel() for w in weights) / 1e6:.1f} M "
+          f"weights), forward + backward, {threads} threads, best of {iters}\n")
+    print("| ops | ms | speed-up | max difference from the reference |")
+    print("|---|---:|---:|---:|")
+    base = None
+    variants = (("var_mean + elementwise (reference)", standardize_kernel), ("F.layer_norm", standardize_kernel_fast))
+    for name, fn in variants:
+        def run() -> None:
+            out = [fn(w, 1e-5) for w in weights]
+            torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+
+        run()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        ms = 1e3 * min(times)
+        base = base or ms
+        with torch.no_grad():
+            diff = max(float((fn(w, 1e-5) - standardize_kernel(w, 1e-5)).abs().max()) for w in weights)
+        print(f"| {name} | {ms:.1f} | {base / ms:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", choices=["cl-parts", "batch"])
+    p.add_argument("what", nargs="?", choices=["cl-parts", "batch", "std"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--iters", type=int, default=3, help="timed repetitions after one warm-up")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -128,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with torch.inference_mode():
             batch(args.threads, args.iters)
+    elif args.what == "std":
+        std(args.threads, max(args.iters, 10))
     else:
-        p.error("name what to measure: cl-parts or batch")
+        p.error("name what to measure: cl-parts, batch or std")
     return 0
 
 

@@ -301,7 +301,7 @@ def _set_frozen(model: nn.Module, group: str, frozen: bool) -> int:
 
 def _sgd(groups: list[dict[str, Any]], **kw: float) -> torch.optim.SGD:
     """SGD with PyTorch's fused kernel where it runs (one pass over each parameter, momentum
-    buffer and gradient: 32 ms instead of 56 ms per R50-ViT-B_16 step on 2 CPU cores), else the
+    buffer and gradient: 32 ms instead of 68 ms per R50-ViT-B_16 step on 2 CPU cores), else the
     per-parameter loop. The update is the same: the fused kernel's vectorised body gives the
     loop's bits, its scalar tail may round the last few elements of a tensor one float32 ulp
     differently (``tests/test_speed_options.py`` checks both). The state dicts are the same, so a
